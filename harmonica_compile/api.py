@@ -1,0 +1,86 @@
+"""The one-line entry points: ``find_cache_sites`` and ``optimize``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from .cacheable import CacheableModel, prepare
+from .cached_model import CachedModel
+from .errors import ConfigError, ScheduleError
+from .passes import SiteRule
+from .schedule import CacheSchedule
+
+__all__ = ["find_cache_sites", "optimize"]
+
+
+def find_cache_sites(
+    model: nn.Module | CacheableModel, example_inputs: Any = None, *, site_rules: Sequence[SiteRule] | None = None
+) -> list[str]:
+    """The model's cache sites (module paths), in execution order."""
+    if isinstance(model, CacheableModel):
+        return list(model.site_names)
+    if example_inputs is None:
+        raise ConfigError("find_cache_sites needs example_inputs to capture the model")
+    return list(prepare(model, example_inputs, site_rules=site_rules).site_names)
+
+
+def optimize(
+    model: nn.Module | CacheableModel,
+    example_inputs: Any = None,
+    *,
+    schedule: CacheSchedule | str | None = None,
+    site_rules: Sequence[SiteRule] | None = None,
+    check_finite: bool = False,
+    **train_options: Any,
+) -> CachedModel:
+    """A :class:`CachedModel` running ``schedule`` over ``model``.
+
+    ``schedule`` is a :class:`CacheSchedule` or the path of a saved one. When it is ``None`` a
+    schedule is trained first (``method="harmonica"|"l2c"|"fora"``, ``target_cur=...``,
+    ``num_steps=...``; see :func:`harmonica_compile.training.train_schedule`).
+    """
+    if isinstance(schedule, str):
+        schedule = CacheSchedule.load(schedule)
+    if model is None:
+        raise ConfigError("optimize needs a model")
+    if not isinstance(model, CacheableModel) and example_inputs is None:
+        raise ConfigError("optimize needs example_inputs to capture the model (a tuple of args, a dict, or both)")
+    cacheable = prepare(model, example_inputs, site_rules=site_rules)
+    if schedule is None:
+        try:
+            from .training import train_schedule
+        except ImportError as e:  # pragma: no cover - training ships with the package
+            raise ScheduleError("no schedule given and the training module is unavailable") from e
+        schedule = train_schedule(cacheable, **train_options).schedule
+    elif train_options:
+        raise ConfigError(f"training options {sorted(train_options)} were given with a schedule; pass one or the other")
+    if not isinstance(schedule, CacheSchedule):
+        raise ScheduleError(f"schedule must be a CacheSchedule or a path, got {type(schedule).__name__}")
+    return CachedModel(cacheable, schedule, check_finite=check_finite)
+
+
+def cached_for_spec(spec: Any, schedule: CacheSchedule | str, *, steps: int | None = None) -> CachedModel:
+    """A :class:`CachedModel` of a model spec (see :mod:`harmonica_compile.models.registry`) for a
+    saved schedule, checked against the sampler's step count and timesteps before anything runs."""
+    if isinstance(schedule, str):
+        schedule = CacheSchedule.load(schedule)
+    steps = schedule.num_steps if steps is None else steps
+    if schedule.num_steps != steps:
+        raise ScheduleError(
+            f"the schedule has {schedule.num_steps} steps but sampling uses {steps}; train a schedule for "
+            f"{steps} steps or sample with --steps {schedule.num_steps}"
+        )
+    sampler = spec.sampler(steps)
+    want = [float(t) for t in sampler.timesteps]
+    if schedule.timesteps is not None and list(schedule.timesteps) != want:
+        raise ScheduleError(
+            f"the schedule was made for timesteps {list(schedule.timesteps)[:4]}... but the sampler uses "
+            f"{want[:4]}...; it belongs to another sampler"
+        )
+    model_name = schedule.meta.get("model")
+    if model_name and model_name != spec.name:
+        raise ScheduleError(f"the schedule was made for model {model_name!r}, not {spec.name!r}")
+    return optimize(spec.cacheable(), schedule=schedule)

@@ -1,0 +1,220 @@
+"""CachedModel: the stateful drop-in module that runs a cache schedule over specialized graphs.
+
+A sampling run is a sequence of calls: the i-th call runs step i's specialized graph, feeding it the
+cached site values it reads and storing the ones it refreshes. A run ends after ``num_steps``
+calls or on :meth:`CachedModel.reset`. If the schedule carries timesteps, the step is found from
+the timestep passed in (an unknown timestep is an error, and the first timestep starts a new run).
+
+Example:
+    >>> import torch
+    >>> from harmonica_compile import CacheSchedule, optimize
+    >>> from harmonica_compile.models import DiT_models
+    >>> m = DiT_models["DiT-S/8"](input_size=16, num_classes=10).eval()
+    >>> m.blocks = m.blocks[:2]
+    >>> x, y = torch.randn(2, 4, 16, 16), torch.tensor([1, 10])
+    >>> sites = ["blocks.0.attn", "blocks.0.mlp", "blocks.1.attn", "blocks.1.mlp"]
+    >>> cached = optimize(m, (x, torch.tensor([9, 9]), y), schedule=CacheSchedule.fora(sites, 4, 2))
+    >>> outs = [cached(x, torch.full((2,), t), y) for t in (999, 666, 333, 0)]
+    >>> cached.num_graphs, round(cached.schedule.cur, 2)
+    (2, 0.5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from .cacheable import CacheableModel, count_flops
+from .errors import InputError, NumericalError, ScheduleError
+from .passes import CacheSite
+from .schedule import CacheSchedule
+
+__all__ = ["CachedModel"]
+
+
+class CachedModel(nn.Module):
+    """Runs ``schedule`` over ``cacheable``'s specialized graphs; see the module docstring."""
+
+    def __init__(
+        self,
+        cacheable: CacheableModel,
+        schedule: CacheSchedule,
+        *,
+        check_finite: bool = False,
+    ):
+        super().__init__()
+        schedule.check_sites(cacheable.site_names, what=f"the model ({cacheable.captured.model_class})")
+        self.cacheable = cacheable
+        self.schedule = schedule
+        self.check_finite = check_finite
+        groups = schedule.step_groups()
+        refresh: dict[int, set[str]] = {}
+        for step, g in enumerate(groups):
+            refresh.setdefault(g, set()).update(schedule.refreshed_sites(step))
+        masks: dict[int, tuple[bool, ...]] = {g: schedule.mask[step] for step, g in reversed(list(enumerate(groups)))}
+        self.graphs = nn.ModuleList([cacheable.specialize(masks[g], sorted(refresh[g])) for g in range(len(masks))])
+        self._step_graph = groups
+        self._num_model_inputs = len(cacheable.captured.input_names)
+        self._num_model_outputs = len(cacheable.captured.output_names)
+        self._timestep_index = cacheable.captured.timestep_input()
+        self._cache: dict[str, torch.Tensor] = {}
+        self._filled_at: dict[str, int] = {}
+        self._next_step = 0
+        self._batch: int | None = None
+        self._flops: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Site names, in the schedule's (and every graph's input) order."""
+        return self.cacheable.site_names
+
+    @property
+    def site_info(self) -> tuple[CacheSite, ...]:
+        return self.cacheable.sites
+
+    @property
+    def num_steps(self) -> int:
+        return self.schedule.num_steps
+
+    @property
+    def num_graphs(self) -> int:
+        return len(self.graphs)
+
+    @property
+    def step(self) -> int:
+        """The step the next call will run (when steps are counted by calls)."""
+        return self._next_step
+
+    def graph_of_step(self, step: int) -> int:
+        self._check_step(step)
+        return self._step_graph[step]
+
+    def step_module(self, step: int) -> fx.GraphModule:
+        """The specialized graph that runs at ``step``."""
+        return self.graphs[self.graph_of_step(step)]  # type: ignore[return-value]
+
+    def _check_step(self, step: int) -> None:
+        if not isinstance(step, int) or not 0 <= step < self.num_steps:
+            raise ScheduleError(f"step must be an integer in [0, {self.num_steps}), got {step!r}")
+
+    def _graph_flops(self, graph: int) -> int:
+        if graph not in self._flops:
+            gm = self.graphs[graph]
+            inputs = self.cacheable.step_inputs(gm, self.cacheable.captured.example_inputs)  # type: ignore[arg-type]
+            self._flops[graph] = count_flops(gm, inputs)
+        return self._flops[graph]
+
+    def flops(self, step: int) -> int:
+        """FLOPs of ``step``'s graph at the capture's example batch (``torch.utils.flop_counter``)."""
+        return self._graph_flops(self.graph_of_step(step))
+
+    @property
+    def flops_full(self) -> int:
+        """FLOPs of one full-compute step at the same batch."""
+        return self.cacheable.flops_full
+
+    @property
+    def theoretical_speedup(self) -> float:
+        """Full-compute FLOPs of the whole schedule over its cached FLOPs."""
+        cached = sum(self.flops(i) for i in range(self.num_steps))
+        return self.flops_full * self.num_steps / max(cached, 1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"model={self.cacheable.captured.model_class}, steps={self.num_steps}, sites={len(self.sites)}, "
+            f"graphs={self.num_graphs}, cur={self.schedule.cur:.3f}"
+        )
+
+    # ------------------------------------------------------------------ running
+    def reset(self) -> None:
+        """Forget the cache and start a new sampling run at step 0."""
+        self._cache.clear()
+        self._filled_at.clear()
+        self._next_step = 0
+        self._batch = None
+
+    def _resolve_step(self, flat: Sequence[torch.Tensor]) -> int:
+        if self.schedule.timesteps is None or self._timestep_index is None:
+            return self._next_step
+        t = flat[self._timestep_index]
+        value = float(t.reshape(-1)[0].item()) if t.numel() else float("nan")
+        expected = self._next_step if self._next_step < self.num_steps else 0
+        return self.schedule.step_of_timestep(value, expected=expected)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        captured = self.cacheable.captured
+        flat = captured.flatten_inputs(args, kwargs)
+        step = self._resolve_step(flat)
+        if step == 0:
+            self.reset()
+        batch = captured.batch_of(flat)
+        if self._batch is not None and batch != self._batch:
+            raise InputError(
+                f"step {step}: this call has batch {batch} but the cache holds batch {self._batch} from the "
+                "previous steps of this run; call reset() before a run with another batch size"
+            )
+        self._batch = batch
+        outs = self.run_step(step, flat)
+        self._next_step = step + 1
+        if self._next_step >= self.num_steps:
+            self.reset()
+        return captured.unflatten_outputs(outs)
+
+    def run_step(self, step: int, flat: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Run one step on flat model inputs, reading and refreshing the cache; returns model outputs."""
+        gm = self.step_module(step)
+        names = gm.meta["harmonica_input_names"][self._num_model_inputs :]
+        cache_in = []
+        for name in names:
+            value = self._cache.get(name)
+            if value is None:
+                raise ScheduleError(
+                    f"step {step} reads '{name}' but no earlier step of this run computed it; calls must "
+                    f"follow the schedule's steps in order (expected step {self._next_step}, got {step})"
+                )
+            cache_in.append(value)
+        outs = gm(*flat, *cache_in)
+        model_outs = list(outs[: self._num_model_outputs])
+        out_names = gm.meta["harmonica_output_names"][self._num_model_outputs :]
+        for name, value in zip(out_names, outs[self._num_model_outputs :], strict=True):
+            key = "cache." + name[len("new_cache.") :]
+            self._cache[key] = value
+            self._filled_at[key] = step
+        if self.check_finite:
+            self._check_finite(
+                step,
+                flat,
+                cache_in,
+                names,
+                model_outs,
+                list(zip(out_names, outs[self._num_model_outputs :], strict=True)),
+            )
+        return model_outs
+
+    def _check_finite(
+        self,
+        step: int,
+        flat: Sequence[torch.Tensor],
+        cache_in: Sequence[torch.Tensor],
+        cache_names: Sequence[str],
+        model_outs: Sequence[torch.Tensor],
+        refreshed: Sequence[tuple[str, torch.Tensor]],
+    ) -> None:
+        for name, x in zip(self.cacheable.captured.input_names, flat, strict=True):
+            if x.is_floating_point() and not torch.isfinite(x).all():
+                raise NumericalError(f"step {step}: input '{name}' holds NaN or Inf before the model ran")
+        for name, x in zip(cache_names, cache_in, strict=True):
+            if not torch.isfinite(x).all():
+                raise NumericalError(
+                    f"step {step}: cached '{name}' (from step {self._filled_at.get(name)}) holds NaN or Inf"
+                )
+        for name, x in refreshed:
+            if not torch.isfinite(x).all():
+                raise NumericalError(f"step {step}: site '{name[len('new_cache.') :]}' produced NaN or Inf")
+        for name, x in zip(self.cacheable.captured.output_names, model_outs, strict=True):
+            if not torch.isfinite(x).all():
+                raise NumericalError(f"step {step}: output '{name}' holds NaN or Inf")

@@ -1,0 +1,253 @@
+"""The ``harmonica-compile`` command line.
+
+    harmonica-compile demo --out DIR                 train, export, benchmark the default model
+    harmonica-compile optimize --model M --steps 20 --method harmonica --target-cur 0.5 --out DIR
+    harmonica-compile sample --model M --num 16 [--schedule DIR/schedule.json | --engine ENG] --out s.npz
+    harmonica-compile export DIR --format onnx|tensorrt --out ENG
+    harmonica-compile bench ENG --runtime torch|ort|trt
+    harmonica-compile evaluate samples.npz [--reference full.npz]
+    harmonica-compile show [--model M] [--passes] [--schedule S]
+
+Every error we raise on purpose is printed on one line and exits with code 2; ``--debug`` prints the
+traceback as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import HarmonicaError
+
+__all__ = ["build_parser", "main"]
+
+DEFAULT_MODEL = "tiny-dit-digits"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _save_npz(path: Path, **arrays: Any) -> Path:
+    import numpy as np
+
+    from .io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_samples(path: str | Path) -> dict[str, Any]:
+    """Read a ``.npz`` written by ``harmonica-compile sample`` (no pickled objects allowed)."""
+    import numpy as np
+
+    from .errors import ArtifactError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"samples file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {k: data[k] for k in data.files}
+    except Exception as e:
+        raise ArtifactError(f"samples file {path} is not a readable .npz ({type(e).__name__}: {e})") from e
+    if "images" not in out:
+        raise ArtifactError(f"samples file {path} holds no 'images' array (found {sorted(out)})")
+    return out
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cmd_show(args: argparse.Namespace) -> int:
+    from .passes import describe_pipeline
+
+    if args.passes:
+        print(describe_pipeline())
+    if args.schedule:
+        from .schedule import CacheSchedule
+
+        print(CacheSchedule.load(args.schedule).summary())
+    if args.model or not (args.passes or args.schedule):
+        from .models.registry import load_model
+        from .passes import graph_text
+
+        spec = load_model(args.model or DEFAULT_MODEL)
+        if args.dump_before or args.dump_after:
+            import os
+
+            os.environ["HARMONICA_DUMP"] = ",".join(
+                [f"before:{n}" for n in args.dump_before] + [f"after:{n}" for n in args.dump_after]
+            )
+        cm = spec.cacheable()
+        info = spec.describe()
+        info["sites"] = [{"name": s.name, "kind": s.kind, "outputs": s.num_outputs, "gated": s.gated} for s in cm.sites]
+        info["capture"] = [{"pass": n, **c} for n, c in cm.captured.history]
+        _print_json(info)
+        if args.graph:
+            print(graph_text(cm.graph_module))
+    return 0
+
+
+def _schedule_and_cached(spec: Any, schedule_path: str | None, steps: int) -> Any:
+    if schedule_path is None:
+        return None
+    from .api import cached_for_spec
+
+    path = Path(schedule_path)
+    if path.is_dir():
+        path = path / "schedule.json"
+    return cached_for_spec(spec, str(path), steps=steps)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .models.registry import load_model
+    from .sampling import generate
+
+    torch.set_num_threads(args.threads)
+    if args.engine:
+        from .runtime import open_engine
+
+        runner = open_engine(args.engine, runtime=args.runtime)
+        spec = load_model(runner.model_name if args.model is None else args.model)
+        runner.check_model(spec.name)
+        steps = runner.num_steps if args.steps is None else args.steps
+        runner.check_steps(steps)
+        denoise = runner
+    else:
+        spec = load_model(args.model or DEFAULT_MODEL)
+        steps = spec.default_steps if args.steps is None else args.steps
+        cached = _schedule_and_cached(spec, args.schedule, steps)
+        denoise = None if cached is None else spec.denoiser(cached)
+    cfg = spec.default_cfg_scale if args.cfg_scale is None else args.cfg_scale
+    images, labels = generate(spec, denoise, num=args.num, steps=steps, cfg_scale=cfg, seed=args.seed,
+                              batch_size=args.batch_size, progress=not args.quiet)
+    meta = {"model": spec.name, "steps": steps, "cfg_scale": cfg, "seed": args.seed, "num": args.num,
+            "schedule": args.schedule, "engine": args.engine}
+    arrays: dict[str, Any] = {"images": images.numpy().astype(np.float32), "meta": np.array(json.dumps(meta))}
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
+    out = _save_npz(Path(args.out), **arrays)
+    if args.grid:
+        from .plots import save_grid
+
+        save_grid(images[: min(len(images), 100)], args.grid, ncol=10, title=f"{spec.name}, {steps} steps, cfg {cfg:g}")
+    print(f"wrote {len(images)} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .metrics import DigitsEvaluator, fidelity
+
+    data = load_samples(args.samples)
+    images = torch.from_numpy(data["images"])
+    result: dict[str, Any] = {"num": len(images)}
+    if args.reference:
+        ref = load_samples(args.reference)
+        result.update(fidelity(images, torch.from_numpy(ref["images"])))
+    if images.shape[1:] == (1, 16, 16) and "labels" in data:
+        ev = DigitsEvaluator()
+        result["accuracy"] = ev.accuracy(images, torch.from_numpy(data["labels"]))
+        result["frechet"] = ev.frechet(images)
+    _print_json(result)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def _add_common_sampling(p: argparse.ArgumentParser, *, model_default: str | None = DEFAULT_MODEL) -> None:
+    p.add_argument("--model", default=model_default, help=f"model name, checkpoint, diffusers folder or pkg.mod:factory (default {DEFAULT_MODEL})")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--cfg-scale", type=_float, default=None, help="classifier-free guidance scale; 1 disables it")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive_int, default=2, help="torch CPU threads (default 2)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harmonica-compile",
+        description="Learned feature caching (HarmoniCa) for Diffusion Transformers, compiled per step.",
+    )
+    parser.add_argument("--debug", action="store_true", help="print tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("show", help="print a model's cache sites, the pass pipeline, or a schedule")
+    p.add_argument("--model", default=None)
+    p.add_argument("--passes", action="store_true", help="print the pass pipeline")
+    p.add_argument("--schedule", default=None, help="print a schedule.json as a text picture")
+    p.add_argument("--graph", action="store_true", help="print the captured graph")
+    p.add_argument("--dump-before", action="append", default=[], metavar="PASS", help="dump the graph before PASS")
+    p.add_argument("--dump-after", action="append", default=[], metavar="PASS", help="dump the graph after PASS")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("sample", help="generate samples (full compute, a schedule, or an exported engine)")
+    _add_common_sampling(p, model_default=None)
+    p.add_argument("--num", type=_positive_int, default=16, help="number of samples")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--schedule", default=None, help="schedule.json (or its folder) to sample through a CachedModel")
+    p.add_argument("--engine", default=None, help="an exported folder (ONNX or TensorRT) to sample with")
+    p.add_argument("--runtime", default="auto", choices=["auto", "ort", "trt"], help="runtime for --engine")
+    p.add_argument("--out", required=True, help="output .npz with images (N x C x H x W in [-1, 1]) and labels")
+    p.add_argument("--grid", default=None, help="also write a PNG grid of the samples")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="quality of a samples .npz (PSNR vs a reference, digits accuracy, Frechet)")
+    p.add_argument("samples")
+    p.add_argument("--reference", default=None, help="full-compute samples from the same seed")
+    p.set_defaults(func=cmd_evaluate)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except HarmonicaError as e:
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(e).split())
+        print(f"harmonica-compile {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harmonica-compile: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Model specs: what the CLI, training and benchmarks need to know to run a model.
+
+``load_model(name)`` accepts
+
+- ``tiny-dit-digits`` (the shipped pretrained model, the default);
+- a reference configuration such as ``DiT-S/2`` or ``DiT-B/2`` (random weights, for speed only;
+  append ``@<latent size>`` for another latent size, e.g. ``DiT-S/2@16``);
+- a DiT checkpoint file (``.pt`` / ``.safetensors``, e.g. the public ``DiT-XL-2-256x256.pt``);
+- ``package.module:factory`` (a callable returning a module, or a :class:`ModelSpec`) and a local
+  diffusers folder (see :mod:`harmonica_compile.integrations.diffusers`).
+
+A :class:`ModelSpec` carries the module, its latent shape, its conditioning, the sampler to use,
+and ``denoiser(module)``: the module (or a :class:`~harmonica_compile.CachedModel` over it) as the
+``denoise(x, t, cond)`` callable of the sampling loop.
+
+Example:
+    >>> spec = load_model("DiT-S/8@16")
+    >>> spec.latent_shape, spec.num_classes, spec.null_class
+    ((4, 16, 16), 1000, 1000)
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, InputError
+from .dit import DiT, DiT_models
+from .pretrained import PRETRAINED, load_pretrained
+
+__all__ = ["ModelSpec", "known_model_names", "load_model", "randomize_reference"]
+
+
+@dataclass
+class ModelSpec:
+    """A model and how to drive it; see the module docstring."""
+
+    name: str
+    model: nn.Module
+    latent_shape: tuple[int, ...]
+    num_classes: int | None = None
+    null_class: int | None = None
+    #: ``"reference-dit"`` (``model(x, t, y)``), ``"diffusers-dit"``, ``"diffusers-text"``, ``"custom"``.
+    kind: str = "reference-dit"
+    default_steps: int = 20
+    default_cfg_scale: float = 1.0
+    #: Name of the evaluator that applies (``"digits"`` for ``tiny-dit-digits``), else ``None``.
+    evaluator: str | None = None
+    #: Builds the sampler for a step count; DDIM over the linear-beta schedule by default.
+    make_sampler: Callable[[int], Any] | None = None
+    #: For text models: ``cond_fn(batch, generator) -> (cond, null_cond)``.
+    cond_fn: Callable[..., tuple[Any, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def supports_cfg(self) -> bool:
+        return self.null_class is not None or self.cond_fn is not None
+
+    def sampler(self, steps: int | None = None) -> Any:
+        from ..sampling import DDIMSampler
+
+        steps = self.default_steps if steps is None else steps
+        return self.make_sampler(steps) if self.make_sampler is not None else DDIMSampler(steps)
+
+    def conditions(self, batch: int, seed: int = 0, labels: torch.Tensor | None = None) -> tuple[Any, Any]:
+        """``(cond, null_cond)`` for ``batch`` samples: class labels drawn from ``seed`` (or given)."""
+        if self.cond_fn is not None:
+            return self.cond_fn(batch, torch.Generator().manual_seed(seed))
+        if self.num_classes is None:
+            raise ConfigError(f"model {self.name!r} has no conditioning this spec knows how to draw")
+        if labels is None:
+            labels = torch.randint(0, self.num_classes, (batch,), generator=torch.Generator().manual_seed(seed))
+        null = None if self.null_class is None else torch.full((batch,), self.null_class, dtype=torch.long)
+        return labels, null
+
+    def noise(self, batch: int, seed: int = 0) -> torch.Tensor:
+        return torch.randn((batch, *self.latent_shape), generator=torch.Generator().manual_seed(seed))
+
+    def example_inputs(self, batch: int = 2) -> Any:
+        """Example inputs for capture, as the sampling loop will call the model."""
+        x = self.noise(batch, seed=1234)
+        cond, null = self.conditions(batch, seed=1234)
+        t = torch.full((batch,), 500, dtype=torch.long)
+        return self._call_args(x, t, cond)
+
+    def _call_args(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> Any:
+        if self.kind == "reference-dit":
+            return (x, t, cond)
+        if self.kind == "diffusers-dit":
+            return {"hidden_states": x, "timestep": t, "class_labels": cond}
+        if self.kind == "diffusers-text":
+            return {"hidden_states": x, "timestep": t, **cond, **self.extra.get("call_kwargs", {})}
+        return (x, t, cond)
+
+    def denoiser(self, module: Callable[..., Any]) -> Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]:
+        """``module`` (this spec's model or a CachedModel over it) as ``denoise(x, t, cond)``."""
+        kind = self.kind
+
+        def denoise(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+            args = self._call_args(x, t, cond)
+            out = module(**args) if isinstance(args, dict) else module(*args)
+            if kind.startswith("diffusers"):
+                out = out[0] if isinstance(out, tuple) else out.sample
+            return out
+
+        denoise.reset = getattr(module, "reset", lambda: None)  # type: ignore[attr-defined]
+        return denoise
+
+    def cacheable(self) -> Any:
+        """The captured model with its sites (:func:`harmonica_compile.prepare`), made once per spec."""
+        if "cacheable" not in self.extra:
+            from ..cacheable import prepare
+
+            self.extra["cacheable"] = prepare(
+                self.model, self.example_inputs(2), model_name=self.name, site_rules=self.extra.get("site_rules")
+            )
+        return self.extra["cacheable"]
+
+    def describe(self) -> dict[str, Any]:
+        n = sum(p.numel() for p in self.model.parameters()) + sum(b.numel() for b in self.model.buffers())
+        return {"name": self.name, "kind": self.kind, "class": type(self.model).__name__, "parameters": n,
+                "latent_shape": list(self.latent_shape), "num_classes": self.num_classes,
+                "null_class": self.null_class, "default_steps": self.default_steps,
+                "default_cfg_scale": self.default_cfg_scale}
+
+
+def randomize_reference(model: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:
+    """Random weights for speed measurements: every trainable tensor ~ N(0, std), so no gate is zero."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model
+
+
+def _reference_spec(name: str, model: DiT, *, evaluator: str | None = None, steps: int = 20, cfg: float = 1.0) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        model=model.eval(),
+        latent_shape=(model.in_channels, model.input_size, model.input_size),
+        num_classes=model.num_classes,
+        null_class=model.num_classes if model.has_null_class else None,
+        kind="reference-dit",
+        default_steps=steps,
+        default_cfg_scale=cfg,
+        evaluator=evaluator,
+    )
+
+
+_REFERENCE = re.compile(r"^(DiT-(?:XL|L|B|S)/(?:2|4|8))(?:@(\d+))?$")
+
+
+def known_model_names() -> list[str]:
+    return sorted(PRETRAINED) + sorted(DiT_models)
+
+
+def load_model(name: str | nn.Module | ModelSpec = "tiny-dit-digits", *, seed: int = 0) -> ModelSpec:
+    """A :class:`ModelSpec` for ``name``; see the module docstring."""
+    if isinstance(name, ModelSpec):
+        return name
+    if isinstance(name, DiT):
+        return _reference_spec(getattr(name, "pretrained_name", type(name).__name__), name)
+    if isinstance(name, nn.Module):
+        raise ConfigError(f"pass a ModelSpec for a {type(name).__name__}; only reference DiTs are described automatically")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"model must be a name, got {name!r}")
+    if name in PRETRAINED:
+        info = PRETRAINED[name]
+        defaults = info.sampling_defaults
+        return _reference_spec(name, load_pretrained(name), evaluator="digits" if "digits" in name else None,
+                               steps=int(defaults.get("steps", 20)), cfg=float(defaults.get("cfg_scale", 1.0)))
+    match = _REFERENCE.match(name)
+    if match:
+        size = int(match.group(2) or 32)
+        torch.manual_seed(seed)
+        try:
+            model = DiT_models[match.group(1)](input_size=size)
+        except ValueError as e:
+            raise ConfigError(f"{name}: {e}") from e
+        return _reference_spec(name, randomize_reference(model, seed))
+    path = Path(name)
+    if path.suffix in (".pt", ".pth", ".safetensors", ".bin") and path.exists():
+        from .checkpoints import load_dit_checkpoint
+
+        return _reference_spec(path.name, load_dit_checkpoint(path))
+    if path.is_dir():
+        from ..integrations.diffusers import spec_from_folder
+
+        return spec_from_folder(path)
+    if ":" in name and not path.exists():
+        return _from_factory(name)
+    raise InputError(
+        f"unknown model {name!r}; known models: {', '.join(known_model_names())}; or pass a DiT checkpoint "
+        "(.pt/.safetensors), a local diffusers folder, or package.module:factory"
+    )
+
+
+def _from_factory(ref: str) -> ModelSpec:
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise InputError(f"cannot import {module_name!r} for model {ref!r}: {e}") from e
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise InputError(f"{module_name!r} has no callable {attr!r} (model {ref!r})")
+    made = factory()
+    if isinstance(made, ModelSpec):
+        return made
+    if isinstance(made, DiT):
+        return _reference_spec(ref, made)
+    if isinstance(made, nn.Module):
+        from ..integrations.diffusers import spec_from_module
+
+        return spec_from_module(made, name=ref)
+    raise InputError(f"{ref} returned {type(made).__name__}; expected an nn.Module or a ModelSpec")

@@ -1,0 +1,125 @@
+"""Specialize: one step's mask to its own graph, with everything that step does not compute gone.
+
+For a boolean mask over the sites (True = compute), every cached site's outputs become graph
+inputs ``cache.<site>`` (``cache.<site>.<i>`` for sites with several outputs), dead-code
+elimination removes the site and everything that fed only it (its norm and modulate), and each
+computed site listed in ``refresh`` gets an extra output ``new_cache.<site>``, the fresh value a
+later step will read. Inputs are ordered model inputs then ``cache.*`` in site order; outputs model
+outputs then ``new_cache.*`` in site order.
+
+Example (a 2-block DiT, both MLPs cached):
+    >>> import torch
+    >>> from harmonica_compile.capture import capture
+    >>> from harmonica_compile.models import DiT_models
+    >>> from harmonica_compile.passes import find_sites
+    >>> m = DiT_models["DiT-S/8"](input_size=16, num_classes=10)
+    >>> m.blocks = m.blocks[:2]
+    >>> cap = capture(m, (torch.randn(2, 4, 16, 16), torch.tensor([1, 1]), torch.tensor([0, 1])))
+    >>> sites = find_sites(cap.graph_module)
+    >>> step = Specialize(sites, [True, False, True, False], refresh=["blocks.0.attn"])
+    >>> gm = step(cap.graph_module).graph_module
+    >>> gm.meta["harmonica_input_names"], gm.meta["harmonica_output_names"]
+    (('x', 't', 'y', 'cache.blocks.0.mlp', 'cache.blocks.1.mlp'), ('output', 'new_cache.blocks.0.attn'))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from torch import fx
+
+from ..errors import PassError
+from .eliminate_dead_code import is_impure
+from .find_cache_sites import CacheSite
+from .infra import INPUT_NAME, OUTPUT_NAMES, GraphPass, PassResult, output_node, stamp
+
+__all__ = ["Specialize"]
+
+
+class Specialize(GraphPass):
+    """Replace cached sites by graph inputs, add refreshed caches as outputs, remove dead code."""
+
+    name = "specialize"
+    preserves_computation = False
+
+    def __init__(self, sites: Sequence[CacheSite], mask: Sequence[bool], refresh: Iterable[str] = ()):
+        self.sites = list(sites)
+        self.mask = [bool(m) for m in mask]
+        if len(self.mask) != len(self.sites):
+            raise PassError(f"{self.name}: mask has {len(self.mask)} entries for {len(self.sites)} sites")
+        names = {s.name for s in self.sites}
+        self.refresh = set(refresh)
+        unknown = self.refresh - names
+        if unknown:
+            raise PassError(f"{self.name}: refresh names unknown sites {sorted(unknown)}")
+        cached_refresh = [
+            s.name for s, m in zip(self.sites, self.mask, strict=True) if not m and s.name in self.refresh
+        ]
+        if cached_refresh:
+            raise PassError(f"{self.name}: sites {cached_refresh} are cached in this step, so they cannot be refreshed")
+
+    def call(self, gm: fx.GraphModule) -> PassResult:
+        from .infra import clone_graph_module
+
+        gm = clone_graph_module(gm)
+        graph = gm.graph
+        nodes = {n.name: n for n in graph.nodes}
+        for n in graph.nodes:
+            if n.op == "placeholder" and n.meta.get(INPUT_NAME) in ("router", "mask"):
+                raise PassError(f"{self.name}: expects the captured graph, got a routed graph (input '{n.name}')")
+        placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+        anchor = placeholders[-1]
+        input_names = [n.meta.get(INPUT_NAME, n.name) for n in placeholders]
+        before = len(graph.nodes)
+        new_outputs: list[fx.Node] = []
+        new_output_names: list[str] = []
+        for site, compute in zip(self.sites, self.mask, strict=True):
+            outs = [nodes.get(o) for o in site.outputs]
+            if any(o is None for o in outs):
+                raise PassError(f"{self.name}: site '{site.name}' has outputs missing from the graph")
+            if compute:
+                if site.name in self.refresh:
+                    new_outputs.extend(outs)  # type: ignore[arg-type]
+                    new_output_names.extend(site.cache_names("new_cache"))
+                continue
+            for out, cname in zip(outs, site.cache_names(), strict=True):
+                with graph.inserting_after(anchor):
+                    ph = graph.placeholder(cname.replace(".", "_"))
+                ph.meta[INPUT_NAME] = cname
+                if "val" in out.meta:  # type: ignore[union-attr]
+                    ph.meta["val"] = out.meta["val"]  # type: ignore[union-attr]
+                stamp(ph, self.name, site.name, "cache")
+                anchor = ph
+                input_names.append(cname)
+                out.replace_all_uses_with(ph)  # type: ignore[union-attr]
+        out_node = output_node(graph)
+        model_outputs = tuple(out_node.args[0])
+        out_node.args = (model_outputs + tuple(new_outputs),)
+        graph.eliminate_dead_code(is_impure_node=is_impure)
+        gm.meta[OUTPUT_NAMES] = tuple(list(gm.meta.get(OUTPUT_NAMES, ())) + new_output_names)
+        gm.meta["harmonica_input_names"] = tuple(input_names)
+        gm.meta["harmonica_mask"] = tuple(self.mask)
+        gm.meta.pop("harmonica_routing", None)
+        gm.delete_all_unused_submodules()
+        gm.recompile()
+        return PassResult(
+            gm,
+            True,
+            {
+                "removed_nodes": before - len(graph.nodes),
+                "cached_sites": [s.name for s, m in zip(self.sites, self.mask, strict=True) if not m],
+                "refreshed": sorted(self.refresh),
+            },
+        )
+
+    def ensures(self, gm: fx.GraphModule) -> None:
+        names = {n.name for n in gm.graph.nodes}
+        for site, compute in zip(self.sites, self.mask, strict=True):
+            if compute:
+                continue
+            left = [n for n in site.nodes if n in names]
+            if left:
+                raise PassError(f"{self.name}: cached site '{site.name}' still computes nodes {left[:5]}")
+        for n in gm.graph.nodes:
+            if n.op == "placeholder" and n.meta.get(INPUT_NAME) in ("router", "mask"):
+                raise PassError(f"{self.name}: router input '{n.name}' remains after specialization")

@@ -1,0 +1,87 @@
+"""HookCachedModel: the same caching, done eagerly with forward hooks on the original modules.
+
+This is the way caching tools without a compiler do it (diffusers hooks, L2C's scripts): every
+site module still runs, and a forward hook either stores its output (compute step) or replaces it
+by the stored one (cached step). It shares no code with the graph passes, which makes it the
+oracle our tests compare :class:`~harmonica_compile.CachedModel` against, and a fallback for models
+``torch.export`` cannot capture (it saves no compute).
+
+Example:
+    >>> import torch
+    >>> from harmonica_compile import CacheSchedule
+    >>> from harmonica_compile.models import DiT_models
+    >>> m = DiT_models["DiT-S/8"](input_size=16, num_classes=10).eval()
+    >>> m.blocks = m.blocks[:1]
+    >>> ref = HookCachedModel(m, CacheSchedule.fora(["blocks.0.attn", "blocks.0.mlp"], 2, 2))
+    >>> x, y = torch.randn(2, 4, 16, 16), torch.tensor([1, 2])
+    >>> _ = [ref(x, torch.full((2,), t), y) for t in (999, 0)]
+    >>> ref.close()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ScheduleError
+from .schedule import CacheSchedule
+
+__all__ = ["HookCachedModel"]
+
+
+def _detach(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple):
+        return tuple(_detach(v) for v in value)
+    if isinstance(value, list):
+        return [_detach(v) for v in value]
+    return value
+
+
+class HookCachedModel(nn.Module):
+    """Run ``schedule`` over ``model`` by forward hooks; counts steps by calls."""
+
+    def __init__(self, model: nn.Module, schedule: CacheSchedule):
+        super().__init__()
+        self.model = model
+        self.schedule = schedule
+        modules = dict(model.named_modules())
+        missing = [s for s in schedule.sites if s not in modules]
+        if missing:
+            raise ScheduleError(f"the schedule names sites that are not modules of the model: {missing[:5]}")
+        self._cache: dict[str, Any] = {}
+        self._step = 0
+        self._handles = [
+            modules[name].register_forward_hook(self._hook(k, name)) for k, name in enumerate(schedule.sites)
+        ]
+
+    def _hook(self, k: int, name: str):
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if self.schedule.mask[self._step][k]:
+                self._cache[name] = _detach(output)
+                return None
+            if name not in self._cache:
+                raise ScheduleError(f"step {self._step} reads site '{name}' before any step computed it")
+            return self._cache[name]
+
+        return hook
+
+    def reset(self) -> None:
+        self._cache.clear()
+        self._step = 0
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        out = self.model(*args, **kwargs)
+        self._step += 1
+        if self._step >= self.schedule.num_steps:
+            self.reset()
+        return out
+
+    def close(self) -> None:
+        """Remove the hooks from the model."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

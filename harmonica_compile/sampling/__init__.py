@@ -1,0 +1,26 @@
+"""Samplers and the one sampling loop: DDIM with DiT's respacing, CFG, diffusers schedulers."""
+
+from __future__ import annotations
+
+from .ddim import DDIMSampler, linear_betas, respace_timesteps
+from .diffusers_adapter import DiffusersSampler
+from .generate import generate, sample_set
+from .guidance import cat_conditions, guide, split_learned_sigma, uses_cfg
+from .loop import Sampler, guided_output, model_inputs, sample
+
+__all__ = [
+    "DDIMSampler",
+    "DiffusersSampler",
+    "Sampler",
+    "cat_conditions",
+    "generate",
+    "guide",
+    "guided_output",
+    "linear_betas",
+    "model_inputs",
+    "respace_timesteps",
+    "sample",
+    "sample_set",
+    "split_learned_sigma",
+    "uses_cfg",
+]
