@@ -50,11 +50,14 @@ def optimize(
         raise ConfigError("optimize needs example_inputs to capture the model (a tuple of args, a dict, or both)")
     cacheable = prepare(model, example_inputs, site_rules=site_rules)
     if schedule is None:
-        try:
-            from .training import train_schedule
-        except ImportError as e:  # pragma: no cover - training ships with the package
-            raise ScheduleError("no schedule given and the training module is unavailable") from e
-        schedule = train_schedule(cacheable, **train_options).schedule
+        from .training import train_schedule
+
+        spec = train_options.pop("spec", None)
+        if spec is None and not isinstance(model, CacheableModel):
+            from .models.registry import spec_for_module
+
+            spec = spec_for_module(model)
+        schedule = train_schedule(cacheable, spec=spec, **train_options).schedule
     elif train_options:
         raise ConfigError(f"training options {sorted(train_options)} were given with a schedule; pass one or the other")
     if not isinstance(schedule, CacheSchedule):

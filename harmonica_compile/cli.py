@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import HarmonicaError
+from .errors import ConfigError, HarmonicaError
 
 __all__ = ["build_parser", "main"]
 
@@ -149,10 +149,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
         cached = _schedule_and_cached(spec, args.schedule, steps)
         denoise = None if cached is None else spec.denoiser(cached)
     cfg = spec.default_cfg_scale if args.cfg_scale is None else args.cfg_scale
-    images, labels = generate(spec, denoise, num=args.num, steps=steps, cfg_scale=cfg, seed=args.seed,
-                              batch_size=args.batch_size, progress=not args.quiet)
-    meta = {"model": spec.name, "steps": steps, "cfg_scale": cfg, "seed": args.seed, "num": args.num,
-            "schedule": args.schedule, "engine": args.engine}
+    images, labels = generate(
+        spec,
+        denoise,
+        num=args.num,
+        steps=steps,
+        cfg_scale=cfg,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    meta = {
+        "model": spec.name,
+        "steps": steps,
+        "cfg_scale": cfg,
+        "seed": args.seed,
+        "num": args.num,
+        "schedule": args.schedule,
+        "engine": args.engine,
+    }
     arrays: dict[str, Any] = {"images": images.numpy().astype(np.float32), "meta": np.array(json.dumps(meta))}
     if labels is not None:
         arrays["labels"] = labels.numpy()
@@ -184,9 +199,120 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_optimize(args: argparse.Namespace) -> dict[str, Any]:
+    """The work of ``harmonica-compile optimize``; returns the report."""
+    import time
+
+    import torch
+
+    from .io import atomic_write_json
+    from .metrics import evaluate_schedule
+    from .models.registry import load_model
+    from .training import TrainConfig, train_schedule
+    from .training.distributed import init_from_env
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    ckpt = out / "checkpoint.safetensors"
+    if not args.resume and not args.overwrite and (out / "schedule.json").exists():
+        raise ConfigError(f"{out} already holds a schedule; pass --overwrite to replace it or --resume to continue")
+    options = {
+        k: v
+        for k, v in {
+            "method": args.method,
+            "num_steps": args.steps,
+            "target_cur": args.target_cur,
+            "beta": args.beta,
+            "iterations": args.iterations,
+            "batch_size": args.batch_size,
+            "cfg_scale": args.cfg_scale,
+            "lr": args.lr,
+            "tau": args.tau,
+            "lambda_mode": args.lambda_mode,
+            "lambda_every": args.lambda_every,
+            "fora_interval": args.interval,
+            "seed": args.seed,
+            "checkpoint_every": args.checkpoint_every,
+            "ste": not args.soft,
+        }.items()
+        if v is not None
+    }
+    if args.target_cur is None:
+        options["target_cur"] = None if args.beta is not None else 0.5
+    config = TrainConfig(**options)
+    comm = init_from_env()
+    spec = load_model(args.model)
+    t0 = time.perf_counter()
+    result = train_schedule(
+        spec,
+        config=config,
+        checkpoint=ckpt if config.method != "fora" else None,
+        resume=args.resume,
+        progress=not args.quiet,
+        comm=comm,
+    )
+    report: dict[str, Any] = {
+        "method": config.method,
+        "model": spec.name,
+        "num_steps": config.num_steps,
+        "num_sites": result.schedule.num_sites,
+        "cur": result.schedule.cur,
+        "target_cur": config.target_cur,
+        "train_seconds": round(result.train_seconds, 2),
+        "wall_seconds": round(time.perf_counter() - t0, 2),
+        "iterations": config.iterations if config.method != "fora" else 0,
+        "processes": comm.world_size,
+        "resumed_from": result.resumed_from,
+        "config": config.to_json(),
+    }
+    if not comm.is_main:
+        return report
+    if not args.no_eval:
+        report.update(evaluate_schedule(spec, result.schedule, num=args.eval_num, seed=args.eval_seed))
+    out.mkdir(parents=True, exist_ok=True)
+    from .plots import save_schedule_heatmap
+
+    result.schedule.save(out / "schedule.json")
+    result.save_routers(out / "routers.safetensors")
+    report["history"] = result.history
+    atomic_write_json(out / "report.json", report)
+    save_schedule_heatmap(
+        result.schedule,
+        out / "schedule.png",
+        title=f"{spec.name}: {config.method}, {config.num_steps} steps, CUR {result.schedule.cur:.2f}",
+    )
+    return report
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    report = run_optimize(args)
+    keys = [
+        "method",
+        "num_steps",
+        "num_sites",
+        "cur",
+        "theoretical_speedup",
+        "final_mse",
+        "psnr_db",
+        "accuracy",
+        "accuracy_full",
+        "frechet",
+        "frechet_full",
+        "train_seconds",
+    ]
+    summary = {k: report[k] for k in keys if k in report}
+    _print_json(summary)
+    print(f"wrote {args.out}/schedule.json, routers.safetensors, report.json, schedule.png")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 def _add_common_sampling(p: argparse.ArgumentParser, *, model_default: str | None = DEFAULT_MODEL) -> None:
-    p.add_argument("--model", default=model_default, help=f"model name, checkpoint, diffusers folder or pkg.mod:factory (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "--model",
+        default=model_default,
+        help=f"model name, checkpoint, diffusers folder or pkg.mod:factory (default {DEFAULT_MODEL})",
+    )
     p.add_argument("--steps", type=_positive_int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--cfg-scale", type=_float, default=None, help="classifier-free guidance scale; 1 disables it")
     p.add_argument("--seed", type=int, default=0)
@@ -221,6 +347,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", default=None, help="also write a PNG grid of the samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("optimize", help="learn a cache schedule (HarmoniCa, L2C) or pick FORA's")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--steps", type=_positive_int, default=20, help="sampling steps of the schedule (default 20)")
+    p.add_argument("--method", default="harmonica", choices=["harmonica", "l2c", "fora"])
+    p.add_argument(
+        "--target-cur", type=_float, default=None, help="cache usage ratio to reach, in (0, 1) (default 0.5)"
+    )
+    p.add_argument("--beta", type=_float, default=None, help="train with this fixed L1 weight instead of a CUR target")
+    p.add_argument(
+        "--interval", type=_positive_int, default=None, help="FORA interval (default: closest to the target)"
+    )
+    p.add_argument("--iterations", type=_positive_int, default=None, help="training iterations (default 300)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per iteration (default 8)")
+    p.add_argument("--cfg-scale", type=_float, default=None, help="guidance during training (default: the model's)")
+    p.add_argument("--lr", type=_float, default=None)
+    p.add_argument("--tau", type=_float, default=None)
+    p.add_argument("--lambda-mode", default=None, choices=["paper", "incremental", "none"])
+    p.add_argument(
+        "--lambda-every", type=_positive_int, default=None, help="recompute IEPO's lambda every C iterations"
+    )
+    p.add_argument("--soft", action="store_true", help="soft mixing instead of the straight-through estimator")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing schedule in OUT")
+    p.add_argument("--eval-num", type=_positive_int, default=256, help="samples for the report (default 256)")
+    p.add_argument("--eval-seed", type=int, default=0)
+    p.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
+    p.add_argument("--threads", type=_positive_int, default=2)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_optimize)
 
     p = sub.add_parser("evaluate", help="quality of a samples .npz (PSNR vs a reference, digits accuracy, Frechet)")
     p.add_argument("samples")

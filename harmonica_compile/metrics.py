@@ -77,8 +77,10 @@ class DigitsEvaluator:
     """Accuracy and Frechet distance for 16x16 digits in [-1, 1] (``tiny-dit-digits``)."""
 
     def __init__(self, weights: str | Path | None = None):
-        path = Path(weights) if weights else Path(
-            str(resources.files("harmonica_compile.metrics_data") / "digits_classifier.safetensors")
+        path = (
+            Path(weights)
+            if weights
+            else Path(str(resources.files("harmonica_compile.metrics_data") / "digits_classifier.safetensors"))
         )
         tensors, meta = load_safetensors(path, what="digit classifier")
         self.w1, self.b1, self.w2, self.b2 = (tensors[k].double() for k in ("w1", "b1", "w2", "b2"))
@@ -121,7 +123,9 @@ class DigitsEvaluator:
         mu_r, cov_r = self.real_statistics
         return frechet_distance(feats.mean(0), np.cov(feats, rowvar=False), mu_r, cov_r)
 
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor | None = None) -> dict[str, Any]:
+    def evaluate(
+        self, images: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor | None = None
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {"accuracy": self.accuracy(images, labels), "frechet": self.frechet(images)}
         if reference is not None:
             out.update(fidelity(images, reference))
@@ -140,3 +144,64 @@ def flops_report(cached: Any) -> dict[str, Any]:
         "flops_per_step": per_step,
         "flops_batch": int(cached.cacheable.captured.batch_size),
     }
+
+
+_FULL_SAMPLES: dict[tuple[Any, ...], tuple[torch.Tensor, Any]] = {}
+
+
+def full_compute_samples(
+    spec: Any, *, num: int, seed: int, steps: int, cfg_scale: float, batch_size: int = 64
+) -> tuple[torch.Tensor, Any]:
+    """Full-compute samples for ``(spec, num, seed, steps, cfg)``, made once per process."""
+    from .sampling import generate
+
+    key = (spec.name, id(spec.model), num, seed, steps, cfg_scale)
+    if key not in _FULL_SAMPLES:
+        _FULL_SAMPLES[key] = generate(spec, num=num, steps=steps, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size)
+    return _FULL_SAMPLES[key]
+
+
+def evaluate_schedule(
+    spec: Any,
+    schedule: Any,
+    *,
+    num: int = 256,
+    seed: int = 0,
+    cfg_scale: float | None = None,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Quality and FLOPs of ``schedule`` on ``spec``: cached vs full-compute samples from the same
+    ``num`` noise seeds. Keys: ``final_mse``, ``psnr_db``, FLOPs, and for digits ``accuracy`` /
+    ``frechet`` of both cached and full-compute samples."""
+    from .api import cached_for_spec
+    from .sampling import generate
+
+    steps = schedule.num_steps
+    cfg = spec.default_cfg_scale if cfg_scale is None else cfg_scale
+    full, labels = full_compute_samples(spec, num=num, seed=seed, steps=steps, cfg_scale=cfg, batch_size=batch_size)
+    cached_model = cached_for_spec(spec, schedule, steps=steps)
+    images, _ = generate(
+        spec, spec.denoiser(cached_model), num=num, steps=steps, cfg_scale=cfg, seed=seed, batch_size=batch_size
+    )
+    fid = fidelity(images, full)
+    out: dict[str, Any] = {
+        "eval_num": num,
+        "eval_seed": seed,
+        "eval_cfg_scale": cfg,
+        "cur": schedule.cur,
+        "final_mse": fid["mse"],
+        "psnr_db": fid["psnr_db"],
+        **flops_report(cached_model),
+    }
+    if spec.evaluator == "digits" and labels is not None:
+        ev = DigitsEvaluator()
+        out.update(
+            {
+                "accuracy": ev.accuracy(images, labels),
+                "frechet": ev.frechet(images),
+                "accuracy_full": ev.accuracy(full, labels),
+                "frechet_full": ev.frechet(full),
+            }
+        )
+    out.pop("flops_per_step", None)
+    return out

@@ -48,7 +48,9 @@ def _tile(images: torch.Tensor, ncol: int) -> np.ndarray:
     grid = np.ones((rows * (h + 1) + 1, ncol * (w + 1) + 1, 3), dtype=np.float32)
     for i in range(n):
         r, c = divmod(i, ncol)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = x[i].permute(1, 2, 0).numpy()
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = (
+            x[i].permute(1, 2, 0).numpy()
+        )
     return grid
 
 
@@ -103,14 +105,20 @@ def save_schedule_heatmap(schedule: CacheSchedule, path: str | os.PathLike[str],
     ax.set_xticklabels(labels, rotation=90, fontsize=max(4, min(8, 400 // max(sites, 1))))
     ts = schedule.timesteps
     ax.set_yticks(range(steps))
-    ax.set_yticklabels([f"{i} (t={ts[i]:g})" if ts else str(i) for i in range(steps)], fontsize=max(4, min(8, 300 // steps)))
+    ax.set_yticklabels(
+        [f"{i} (t={ts[i]:g})" if ts else str(i) for i in range(steps)], fontsize=max(4, min(8, 300 // steps))
+    )
     ax.set_xlabel("cache site")
     ax.set_ylabel("denoising step")
     ax.set_title(title or f"computed (dark) vs cached (light); CUR {schedule.cur:.2f}", fontsize=9)
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color="#1f4e79", label="computed"), Patch(color="#f3d9a4", label="cached")],
-              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    ax.legend(
+        handles=[Patch(color="#1f4e79", label="computed"), Patch(color="#f3d9a4", label="cached")],
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        fontsize=8,
+    )
     return _save(fig, path)
 
 

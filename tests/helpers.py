@@ -103,3 +103,29 @@ def output_tensor(out: object) -> torch.Tensor:
     if isinstance(out, tuple | list):
         return out[0]
     return out.sample  # type: ignore[attr-defined]
+
+
+def tiny_spec(depth: int = 2, seed: int = 0, null_class: bool = True):
+    """A small, fast class-conditional reference DiT as a ModelSpec (random weights)."""
+    from harmonica_compile.models.dit import DiT
+    from harmonica_compile.models.registry import load_model
+
+    model = DiT(
+        input_size=8,
+        patch_size=4,
+        in_channels=2,
+        hidden_size=64,
+        depth=depth,
+        num_heads=4,
+        num_classes=10,
+        learn_sigma=False,
+        class_dropout_prob=0.1 if null_class else 0.0,
+    )
+    spec = load_model(randomize_(model, seed).eval())
+    spec.name = "tiny-test-dit"
+    spec.default_cfg_scale = 2.0 if null_class else 1.0
+    return spec
+
+
+def tiny_spec_no_null():
+    return tiny_spec(null_class=False)

@@ -48,8 +48,15 @@ def train(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         "format": "harmonica-compile/digits-classifier",
         "format_version": "1",
         "held_out_accuracy": f"{acc:.4f}",
-        "recipe": json.dumps({"model": "MLPClassifier(64,), alpha 1e-3, relu, adam", "train_split": 0.8,
-                              "noise_copies": 2, "noise_sigma": 0.1, "seed": seed}),
+        "recipe": json.dumps(
+            {
+                "model": "MLPClassifier(64,), alpha 1e-3, relu, adam",
+                "train_split": 0.8,
+                "noise_copies": 2,
+                "noise_sigma": 0.1,
+                "seed": seed,
+            }
+        ),
     }
     return tensors, meta
 

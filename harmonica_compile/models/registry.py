@@ -35,7 +35,7 @@ from ..errors import ConfigError, InputError
 from .dit import DiT, DiT_models
 from .pretrained import PRETRAINED, load_pretrained
 
-__all__ = ["ModelSpec", "known_model_names", "load_model", "randomize_reference"]
+__all__ = ["ModelSpec", "known_model_names", "load_model", "randomize_reference", "spec_for_module"]
 
 
 @dataclass
@@ -86,7 +86,7 @@ class ModelSpec:
     def example_inputs(self, batch: int = 2) -> Any:
         """Example inputs for capture, as the sampling loop will call the model."""
         x = self.noise(batch, seed=1234)
-        cond, null = self.conditions(batch, seed=1234)
+        cond, _null = self.conditions(batch, seed=1234)
         t = torch.full((batch,), 500, dtype=torch.long)
         return self._call_args(x, t, cond)
 
@@ -125,10 +125,17 @@ class ModelSpec:
 
     def describe(self) -> dict[str, Any]:
         n = sum(p.numel() for p in self.model.parameters()) + sum(b.numel() for b in self.model.buffers())
-        return {"name": self.name, "kind": self.kind, "class": type(self.model).__name__, "parameters": n,
-                "latent_shape": list(self.latent_shape), "num_classes": self.num_classes,
-                "null_class": self.null_class, "default_steps": self.default_steps,
-                "default_cfg_scale": self.default_cfg_scale}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "class": type(self.model).__name__,
+            "parameters": n,
+            "latent_shape": list(self.latent_shape),
+            "num_classes": self.num_classes,
+            "null_class": self.null_class,
+            "default_steps": self.default_steps,
+            "default_cfg_scale": self.default_cfg_scale,
+        }
 
 
 def randomize_reference(model: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:
@@ -141,7 +148,9 @@ def randomize_reference(model: nn.Module, seed: int = 0, std: float = 0.02) -> n
     return model
 
 
-def _reference_spec(name: str, model: DiT, *, evaluator: str | None = None, steps: int = 20, cfg: float = 1.0) -> ModelSpec:
+def _reference_spec(
+    name: str, model: DiT, *, evaluator: str | None = None, steps: int = 20, cfg: float = 1.0
+) -> ModelSpec:
     return ModelSpec(
         name=name,
         model=model.eval(),
@@ -169,14 +178,21 @@ def load_model(name: str | nn.Module | ModelSpec = "tiny-dit-digits", *, seed: i
     if isinstance(name, DiT):
         return _reference_spec(getattr(name, "pretrained_name", type(name).__name__), name)
     if isinstance(name, nn.Module):
-        raise ConfigError(f"pass a ModelSpec for a {type(name).__name__}; only reference DiTs are described automatically")
+        raise ConfigError(
+            f"pass a ModelSpec for a {type(name).__name__}; only reference DiTs are described automatically"
+        )
     if not isinstance(name, str) or not name:
         raise ConfigError(f"model must be a name, got {name!r}")
     if name in PRETRAINED:
         info = PRETRAINED[name]
         defaults = info.sampling_defaults
-        return _reference_spec(name, load_pretrained(name), evaluator="digits" if "digits" in name else None,
-                               steps=int(defaults.get("steps", 20)), cfg=float(defaults.get("cfg_scale", 1.0)))
+        return _reference_spec(
+            name,
+            load_pretrained(name),
+            evaluator="digits" if "digits" in name else None,
+            steps=int(defaults.get("steps", 20)),
+            cfg=float(defaults.get("cfg_scale", 1.0)),
+        )
     match = _REFERENCE.match(name)
     if match:
         size = int(match.group(2) or 32)
@@ -201,6 +217,15 @@ def load_model(name: str | nn.Module | ModelSpec = "tiny-dit-digits", *, seed: i
         f"unknown model {name!r}; known models: {', '.join(known_model_names())}; or pass a DiT checkpoint "
         "(.pt/.safetensors), a local diffusers folder, or package.module:factory"
     )
+
+
+def spec_for_module(model: nn.Module) -> ModelSpec:
+    """A spec for a module given to :func:`harmonica_compile.optimize` (reference DiT or diffusers)."""
+    if isinstance(model, DiT):
+        return _reference_spec(getattr(model, "pretrained_name", type(model).__name__), model)
+    from ..integrations.diffusers import spec_from_module
+
+    return spec_from_module(model, name=type(model).__name__)
 
 
 def _from_factory(ref: str) -> ModelSpec:

@@ -97,6 +97,13 @@ class DDIMSampler:
     def scale_model_input(self, x: torch.Tensor, index: int) -> torch.Tensor:
         return x
 
+    def snapshot(self) -> object:
+        """The sampler's state between steps (DDIM has none), to resume a trajectory mid-way."""
+        return None
+
+    def restore(self, state: object) -> None:
+        """Return to a state taken by :meth:`snapshot`."""
+
     def alpha_bars(self, index: int) -> tuple[float, float]:
         """``(alpha_bar_t, alpha_bar_prev)`` for step ``index`` (prev is 1 after the last step)."""
         t = self.timesteps[index]
@@ -108,9 +115,13 @@ class DDIMSampler:
         return (x - (1 - ab) ** 0.5 * eps) / ab**0.5
 
     def step(self, eps: torch.Tensor, index: int, x: torch.Tensor) -> torch.Tensor:
+        """``sqrt(ab_prev) * x0 + sqrt(1 - ab_prev) * eps`` with ``x0 = (x - sqrt(1 - ab) eps) / sqrt(ab)``,
+        folded into two float64 coefficients so that no large intermediate (``x0`` at high noise
+        divides by ``sqrt(ab)`` ~ 0.006) is rounded to the dtype of ``x``."""
         ab, ab_prev = self.alpha_bars(index)
-        x0 = (x - (1 - ab) ** 0.5 * eps) / ab**0.5
-        return ab_prev**0.5 * x0 + (1 - ab_prev) ** 0.5 * eps
+        c_x = (ab_prev / ab) ** 0.5
+        c_eps = (1 - ab_prev) ** 0.5 - (ab_prev * (1 - ab) / ab) ** 0.5
+        return c_x * x + c_eps * eps
 
     # Training-time helpers (the forward process), used by the tiny-DiT training script.
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

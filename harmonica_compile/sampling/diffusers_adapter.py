@@ -43,8 +43,12 @@ class DiffusersSampler:
         return f"DiffusersSampler({self.name}, num_steps={self.num_steps})"
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, "num_steps": self.num_steps, "timesteps": list(self.timesteps),
-                "scheduler_config": {k: v for k, v in dict(self.scheduler.config).items() if not k.startswith("_")}}
+        return {
+            "name": self.name,
+            "num_steps": self.num_steps,
+            "timesteps": list(self.timesteps),
+            "scheduler_config": {k: v for k, v in dict(self.scheduler.config).items() if not k.startswith("_")},
+        }
 
     @property
     def init_noise_sigma(self) -> float:
@@ -53,6 +57,13 @@ class DiffusersSampler:
     def start(self) -> None:
         """Reset the scheduler's state (multistep solvers keep earlier model outputs)."""
         self.scheduler.set_timesteps(self._requested, device=self.device)
+
+    def snapshot(self) -> object:
+        """The scheduler's state between steps (multistep solvers remember earlier outputs)."""
+        return copy.deepcopy(self.scheduler.__dict__)
+
+    def restore(self, state: object) -> None:
+        self.scheduler.__dict__.update(copy.deepcopy(state))  # type: ignore[arg-type]
 
     def scale_model_input(self, x: torch.Tensor, index: int) -> torch.Tensor:
         scale = getattr(self.scheduler, "scale_model_input", None)

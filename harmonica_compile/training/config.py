@@ -1,0 +1,141 @@
+"""TrainConfig: every setting of router training in one documented, validated, versioned dataclass.
+
+Example:
+    >>> cfg = TrainConfig(method="harmonica", target_cur=0.5)
+    >>> TrainConfig.from_json(cfg.to_json()) == cfg
+    True
+    >>> TrainConfig(target_cur=1.5)
+    Traceback (most recent call last):
+    ...
+    harmonica_compile.errors.ConfigError: target_cur must be in (0, 1), got 1.5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["METHODS", "TRAIN_CONFIG_VERSION", "TrainConfig"]
+
+METHODS = ("harmonica", "l2c", "fora")
+TRAIN_CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    #: ``harmonica`` (SDT + IEPO), ``l2c`` (Learning-to-Cache) or ``fora`` (static interval, no training).
+    method: str = "harmonica"
+    #: Sampling steps the schedule is for.
+    num_steps: int = 20
+    #: Cache Usage Ratio to reach (0..1, exclusive). ``None`` trains with a fixed ``beta`` instead.
+    target_cur: float | None = 0.5
+    #: L1 weight on the router values when ``target_cur`` is None (the paper's beta / ``--l1``).
+    beta: float | None = None
+    #: Training iterations (each one a whole trajectory for SDT).
+    iterations: int = 300
+    #: Images per iteration (the model sees twice as many with classifier-free guidance).
+    batch_size: int = 8
+    #: Guidance scale during training; ``None`` = the model's default sampling scale.
+    cfg_scale: float | None = None
+    #: AdamW learning rate on the router logits (weight decay 0).
+    lr: float = 0.05
+    #: Router threshold: a site computes where ``sigmoid(logit) > tau`` (reference: 0.1).
+    tau: float = 0.1
+    #: Logits are clamped to ``[-clamp, clamp]`` after every optimizer step (reference: 5).
+    clamp: float = 5.0
+    #: Initial logit of every learned entry (sigmoid(2) = 0.88: start by computing).
+    init_logit: float = 2.0
+    #: Straight-through estimator: hard 0/1 forward with the sigmoid's gradient (reference: on).
+    ste: bool = True
+    #: IEPO proxy: ``paper`` (x0 with step t fully computed vs the current masks), ``incremental``
+    #: (the reference code's variant), or ``none`` (every step weighted 1).
+    lambda_mode: str = "paper"
+    #: Recompute lambda every C iterations (reference: 500 of 20k).
+    lambda_every: int = 50
+    #: Images used to compute lambda (fixed noise for the whole run).
+    lambda_batch: int = 8
+    #: Lambda is normalised to mean 1 over the steps and floored at this value, so a step that
+    #: currently computes everything (lambda 0 by definition) still resists caching.
+    lambda_floor: float = 0.1
+    #: With ``target_cur``: share of the iterations over which the CUR target ramps up from 0.
+    ramp: float = 0.3
+    #: With ``target_cur``: decay of the per-entry importance average that sets beta.
+    importance_decay: float = 0.9
+    #: FORA's interval; ``None`` picks the one whose CUR is closest to ``target_cur``.
+    fora_interval: int | None = None
+    seed: int = 0
+    #: Write a checkpoint every N iterations (0: never).
+    checkpoint_every: int = 50
+    version: int = TRAIN_CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _int_at_least("num_steps", self.num_steps, 2)
+        if self.num_steps > 1000:
+            raise ConfigError(f"num_steps must be <= 1000, got {self.num_steps}")
+        if self.target_cur is not None:
+            if isinstance(self.target_cur, bool) or not isinstance(self.target_cur, int | float):
+                raise ConfigError(f"target_cur must be a number, got {self.target_cur!r}")
+            if not 0.0 < self.target_cur < 1.0:
+                raise ConfigError(f"target_cur must be in (0, 1), got {self.target_cur}")
+            if self.target_cur > (self.num_steps - 1) / self.num_steps:
+                raise ConfigError(
+                    f"target_cur {self.target_cur} is unreachable with {self.num_steps} steps: the first step always "
+                    f"computes, so at most {(self.num_steps - 1) / self.num_steps:.3f} of the decisions can cache"
+                )
+        elif self.beta is None and self.method != "fora":
+            raise ConfigError("give target_cur, or beta (the L1 weight) to train without a CUR target")
+        elif self.method == "fora" and self.fora_interval is None:
+            raise ConfigError("FORA needs target_cur (to pick the interval) or fora_interval")
+        if self.beta is not None and not self.beta >= 0:
+            raise ConfigError(f"beta must be >= 0, got {self.beta}")
+        _int_at_least("iterations", self.iterations, 1)
+        _int_at_least("batch_size", self.batch_size, 1)
+        _int_at_least("lambda_every", self.lambda_every, 1)
+        _int_at_least("lambda_batch", self.lambda_batch, 1)
+        _int_at_least("checkpoint_every", self.checkpoint_every, 0)
+        if self.fora_interval is not None:
+            _int_at_least("fora_interval", self.fora_interval, 1)
+        if self.cfg_scale is not None and not self.cfg_scale >= 0:
+            raise ConfigError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 < self.tau < 1.0:
+            raise ConfigError(f"tau must be in (0, 1), got {self.tau}")
+        if not self.clamp > 0:
+            raise ConfigError(f"clamp must be > 0, got {self.clamp}")
+        if self.lambda_mode not in ("paper", "incremental", "none"):
+            raise ConfigError(f"lambda_mode must be 'paper', 'incremental' or 'none', got {self.lambda_mode!r}")
+        if not 0.0 <= self.lambda_floor <= 1.0:
+            raise ConfigError(f"lambda_floor must be in [0, 1], got {self.lambda_floor}")
+        if not 0.0 <= self.ramp < 1.0:
+            raise ConfigError(f"ramp must be in [0, 1), got {self.ramp}")
+        if not 0.0 <= self.importance_decay < 1.0:
+            raise ConfigError(f"importance_decay must be in [0, 1), got {self.importance_decay}")
+        if self.version != TRAIN_CONFIG_VERSION:
+            raise ConfigError(f"train config version {self.version} is not {TRAIN_CONFIG_VERSION}; re-create it")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> TrainConfig:
+        if not isinstance(obj, dict):
+            raise ConfigError(f"a train config is a JSON object, got {type(obj).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(obj) - known)
+        if unknown:
+            raise ConfigError(f"unknown train config keys {unknown}; known: {sorted(known)}")
+        return cls(**obj)
+
+
+def _int_at_least(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")

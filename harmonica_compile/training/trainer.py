@@ -1,0 +1,270 @@
+"""``train_schedule``: learn a CacheSchedule with HarmoniCa (SDT + IEPO), L2C, or pick FORA's.
+
+Example (a few iterations on a small random model):
+    >>> from harmonica_compile.models.registry import load_model
+    >>> spec = load_model("DiT-S/8@16")
+    >>> spec.model.blocks = spec.model.blocks[:1]
+    >>> result = train_schedule(spec, method="harmonica", num_steps=4, target_cur=0.25, iterations=2,
+    ...                         batch_size=1, cfg_scale=1.0, progress=False)
+    >>> result.schedule.num_steps, result.schedule.cur
+    (4, 0.25)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cacheable import CacheableModel
+from ..errors import ConfigError, TrainingError
+from ..io import save_safetensors
+from ..schedule import CacheSchedule
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .controller import CurController
+from .distributed import Comm, init_from_env
+from .iepo import compute_lambda, normalize_lambda
+from .router import Router
+from .runner import StepRunner
+from .sdt import l2c_iteration, sdt_iteration
+
+__all__ = ["TrainResult", "fora_interval_for", "train_schedule"]
+
+
+@dataclass
+class TrainResult:
+    schedule: CacheSchedule
+    config: TrainConfig
+    logits: torch.Tensor
+    lam: torch.Tensor
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    threshold_logit: float | None = None
+    resumed_from: int | None = None
+
+    def save_routers(self, path: str | os.PathLike[str]) -> Path:
+        """``routers.safetensors``: the logits ``[T, S]``, lambda ``[T]`` and the settings, no pickle."""
+        import json
+
+        meta = {
+            "format": "harmonica-compile/routers",
+            "format_version": "1",
+            "sites": json.dumps(list(self.schedule.sites)),
+            "config": json.dumps(self.config.to_json()),
+            "threshold_logit": json.dumps(self.threshold_logit),
+        }
+        return save_safetensors(path, {"logits": self.logits, "lambda": self.lam}, meta)
+
+
+def fora_interval_for(num_steps: int, target_cur: float) -> int:
+    """The FORA interval whose CUR at ``num_steps`` is closest to ``target_cur`` (smaller on ties)."""
+    best, best_err = 1, math.inf
+    for n in range(1, num_steps + 1):
+        cur = 1 - len(range(0, num_steps, n)) / num_steps
+        if abs(cur - target_cur) < best_err - 1e-12:
+            best, best_err = n, abs(cur - target_cur)
+    return best
+
+
+def _resolve(model: Any, spec: Any) -> tuple[CacheableModel, Any]:
+    from ..models.registry import ModelSpec, load_model
+
+    if isinstance(model, ModelSpec):
+        return model.cacheable(), model
+    if spec is None:
+        if isinstance(model, CacheableModel):
+            raise ConfigError(
+                "training needs to know how to sample the model: pass spec=ModelSpec(...) "
+                "(harmonica_compile.models.registry) or the model itself"
+            )
+        spec = load_model(model)
+    spec = load_model(spec)
+    return (model if isinstance(model, CacheableModel) else spec.cacheable()), spec
+
+
+def _batch(spec: Any, size: int, seed: int, comm: Comm, device: torch.device) -> tuple[torch.Tensor, Any, Any]:
+    """This process's share of a global batch drawn from ``seed`` (identical on every process)."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn((size, *spec.latent_shape), generator=gen)
+    if spec.num_classes is not None and spec.cond_fn is None:
+        labels = torch.randint(0, spec.num_classes, (size,), generator=gen)
+        cond, null = spec.conditions(size, labels=labels)
+    else:
+        cond, null = spec.conditions(size, seed=seed)
+    part = comm.shard(size)
+
+    def take(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v[part].to(device)
+        if isinstance(v, dict):
+            return {k: take(x) for k, x in v.items()}
+        return v
+
+    return noise[part].to(device), take(cond), take(null)
+
+
+def train_schedule(
+    model: Any,
+    *,
+    spec: Any = None,
+    config: TrainConfig | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    comm: Comm | None = None,
+    stop_after: int | None = None,
+    **overrides: Any,
+) -> TrainResult:
+    """Train (or, for FORA, pick) a schedule for ``model``; see :class:`TrainConfig` for the options.
+
+    ``model`` is a :class:`~harmonica_compile.models.registry.ModelSpec`, a reference DiT, or a
+    :class:`CacheableModel` together with ``spec``. With ``checkpoint`` a checkpoint is written
+    every ``checkpoint_every`` iterations; ``resume=True`` continues from it. ``stop_after`` ends
+    this run after that many iterations (with a checkpoint), to continue later with ``resume``.
+    """
+    config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
+    cm, spec = _resolve(model, spec)
+    sampler = spec.sampler(config.num_steps)
+    if sampler.num_steps != config.num_steps:
+        raise ConfigError(f"the sampler gives {sampler.num_steps} steps for num_steps={config.num_steps}")
+    timesteps = [float(t) for t in sampler.timesteps]
+    sites = cm.site_names
+    T, S = config.num_steps, len(sites)
+    base_meta = {
+        "method": config.method,
+        "model": spec.name,
+        "target_cur": config.target_cur,
+        "tau": config.tau,
+        "sampler": getattr(sampler, "name", type(sampler).__name__),
+    }
+
+    if config.method == "fora":
+        interval = config.fora_interval or fora_interval_for(T, float(config.target_cur))
+        schedule = CacheSchedule.fora(sites, T, interval, timesteps=timesteps, **{**base_meta, "method": "fora"})
+        return TrainResult(schedule, config, torch.zeros(T, S), torch.zeros(T))
+
+    cfg_scale = spec.default_cfg_scale if config.cfg_scale is None else config.cfg_scale
+    if cfg_scale != 1.0 and not spec.supports_cfg:
+        raise ConfigError(
+            f"cfg_scale {cfg_scale} needs a null class, but model {spec.name!r} has none (no label dropout); "
+            "train with cfg_scale=1"
+        )
+    comm = comm or init_from_env()
+    for name in ("batch_size", "lambda_batch"):
+        if getattr(config, name) % comm.world_size:
+            raise ConfigError(f"{name} {getattr(config, name)} must be a multiple of the {comm.world_size} processes")
+    device = next((b.device for b in cm.graph_module.buffers()), torch.device("cpu"))
+    runner = StepRunner(cm, spec, sampler, cfg_scale)
+    router = Router(T, S, init_logit=config.init_logit, tau=config.tau, clamp=config.clamp).to(device)
+    opt = torch.optim.AdamW(router.parameters(), lr=config.lr, weight_decay=0.0)
+    controller = CurController(
+        T,
+        S,
+        target_cur=config.target_cur,
+        beta=config.beta,
+        iterations=config.iterations,
+        ramp=config.ramp,
+        decay=config.importance_decay,
+    )
+    lam = normalize_lambda(torch.zeros(T), config.lambda_floor) if config.method == "harmonica" else torch.ones(T)
+    lam[0] = 0.0
+    history: list[dict[str, Any]] = []
+    fingerprint = {"model": spec.name, "sites": list(sites), "timesteps": timesteps}
+    start, seconds_before, resumed = 0, 0.0, None
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    if resume:
+        if ckpt_path is None:
+            raise TrainingError("resume=True needs a checkpoint path")
+        state = load_checkpoint(ckpt_path, config=config.to_json(), fingerprint=fingerprint)
+        if state["iteration"] > config.iterations:
+            raise TrainingError(
+                f"--resume: checkpoint {ckpt_path} is at iteration {state['iteration']}, "
+                f"past iterations={config.iterations}"
+            )
+        router.load_logits(state["logits"].to(device))
+        opt.load_state_dict(state["optimizer"])
+        controller.load_state(state["controller"])
+        lam = state["lambda"].double()
+        history = list(state["history"])
+        start = resumed = state["iteration"]
+        seconds_before = state["seconds"]
+
+    lambda_noise, lambda_cond, lambda_null = _batch(spec, config.lambda_batch, config.seed + 7919, comm, device)
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=config.iterations,
+        initial=start,
+        desc=f"{config.method} T={T}",
+        disable=not (progress and comm.is_main),
+        unit="it",
+    )
+    t0 = time.perf_counter()
+    end = config.iterations if stop_after is None else min(config.iterations, start + stop_after)
+    for it in range(start, end):
+        controller.update_beta(it)
+        mask = controller.mask(router, it)
+        lam_seconds = 0.0
+        if config.method == "harmonica" and config.lambda_mode != "none" and it > 0 and it % config.lambda_every == 0:
+            tl = time.perf_counter()
+            raw = comm.sum_(compute_lambda(runner, mask, lambda_noise, lambda_cond, lambda_null, config.lambda_mode))
+            lam = normalize_lambda(raw, config.lambda_floor)
+            lam_seconds = time.perf_counter() - tl
+        noise, cond, null = _batch(spec, config.batch_size, config.seed * 1_000_003 + it, comm, device)
+        if config.method == "harmonica":
+            stats = sdt_iteration(runner, router, opt, controller, comm, mask, lam, noise, cond, null, config.ste)
+        else:
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + it + 17)
+            stats = l2c_iteration(runner, router, opt, controller, comm, mask, noise, cond, null, config.ste, gen)
+        cur = 1.0 - float(mask.float().mean())
+        history.append(
+            {
+                "iteration": it,
+                "loss": stats.loss,
+                "mse": stats.mse,
+                "cur": cur,
+                "beta": controller.beta,
+                "target": controller.target_at(it),
+                "lambda_seconds": lam_seconds,
+            }
+        )
+        bar.set_postfix(loss=f"{stats.loss:.3g}", cur=f"{cur:.3f}", beta=f"{controller.beta:.2g}")
+        bar.update(1)
+        done = it + 1
+        if ckpt_path is not None and config.checkpoint_every and (done % config.checkpoint_every == 0 or done == end):
+            if comm.is_main:
+                save_checkpoint(
+                    ckpt_path,
+                    iteration=done,
+                    logits=router.logits().detach(),
+                    optimizer=opt.state_dict(),
+                    controller=controller.state(),
+                    lam=lam,
+                    config=config.to_json(),
+                    fingerprint=fingerprint,
+                    history=history,
+                    seconds=seconds_before + time.perf_counter() - t0,
+                )
+            comm.barrier()
+    bar.close()
+    final = controller.mask(router, config.iterations)
+    threshold = controller.threshold_logit(router, final) if config.target_cur is not None else router.tau_logit
+    seconds = seconds_before + time.perf_counter() - t0
+    meta = {
+        **base_meta,
+        "iterations": config.iterations,
+        "cfg_scale": cfg_scale,
+        "lambda_mode": config.lambda_mode,
+        "beta_final": controller.beta,
+        "threshold_logit": threshold,
+    }
+    schedule = CacheSchedule(final.tolist(), sites, timesteps=timesteps, meta=meta)
+    return TrainResult(
+        schedule, config, router.logits().detach().cpu(), lam.detach().cpu(), history, seconds, threshold, resumed
+    )
