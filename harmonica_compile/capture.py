@@ -94,6 +94,22 @@ class CapturedModel:
                 return names.index(alias)
         return None
 
+    def input_roles(self) -> list[str]:
+        """For each tensor input: ``latent`` (the first batched floating-point input), ``timestep``
+        (found by name) or ``condition`` (everything else)."""
+        t_index = self.timestep_input()
+        roles = []
+        latent_seen = False
+        for i, spec in enumerate(self.tensor_inputs):
+            if i == t_index:
+                roles.append("timestep")
+            elif not latent_seen and spec.batched and spec.dtype is not None and spec.dtype.is_floating_point:
+                roles.append("latent")
+                latent_seen = True
+            else:
+                roles.append("condition")
+        return roles
+
     def flatten_inputs(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
         """The caller's ``(args, kwargs)`` to the graph's flat tensor inputs, checked."""
         bound = _bind(self.signature, tuple(args), dict(kwargs), self.model_class)

@@ -138,7 +138,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         from .runtime import open_engine
 
         runner = open_engine(args.engine, runtime=args.runtime)
-        spec = load_model(runner.model_name if args.model is None else args.model)
+        spec = load_model(runner.manifest.model_source if args.model is None else args.model)
         runner.check_model(spec.name)
         steps = runner.num_steps if args.steps is None else args.steps
         runner.check_steps(steps)
@@ -306,6 +306,89 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedule_source(path_text: str) -> Path:
+    path = Path(path_text)
+    return path / "schedule.json" if path.is_dir() else path
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from .api import cached_for_spec
+    from .models.registry import load_model
+    from .schedule import CacheSchedule
+
+    torch.set_num_threads(args.threads)
+    schedule = CacheSchedule.load(_schedule_source(args.schedule))
+    name = args.model or schedule.meta.get("model_source") or schedule.meta.get("model")
+    if not name:
+        raise ConfigError(f"{args.schedule} does not say which model it is for; pass --model")
+    spec = load_model(name)
+    cached = cached_for_spec(spec, schedule)
+    sampler = spec.sampler(schedule.num_steps)
+    t0 = time.perf_counter()
+    if args.format == "onnx":
+        from .exporters.onnx import export_onnx
+
+        manifest = export_onnx(
+            cached,
+            args.out,
+            model_name=spec.name,
+            sampler=sampler,
+            spec=spec,
+            opset=args.opset,
+            max_batch=args.max_batch,
+            check=not args.no_check,
+        )
+    else:
+        from .exporters.tensorrt import export_tensorrt
+
+        manifest = export_tensorrt(
+            cached,
+            args.out,
+            model_name=spec.name,
+            sampler=sampler,
+            spec=spec,
+            opset=args.opset,
+            max_batch=args.max_batch,
+            opt_batch=args.opt_batch,
+            fp16=args.fp16,
+            onnx_dir=args.onnx_dir,
+        )
+    seconds = time.perf_counter() - t0
+    total = sum(p.stat().st_size for p in Path(args.out).iterdir() if p.is_file())
+    print(
+        f"wrote {len(manifest.graphs)} graphs for {manifest.num_steps} steps to {args.out} "
+        f"({total / 1e6:.2f} MB, {seconds:.1f} s)"
+    )
+    if "parity" in manifest.data:
+        p = manifest.data["parity"]
+        print(
+            f"parity gate passed: graphs max |diff| {p['graph_max_abs_diff']:.1e}, "
+            f"trajectory max |diff| {p.get('trajectory_max_abs_diff', float('nan')):.1e}"
+        )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .runtime.bench import bench_engine, format_bench
+
+    result = bench_engine(
+        args.engine,
+        runtime=args.runtime,
+        images=args.images,
+        repeat=args.repeat,
+        threads=args.threads,
+        cfg_scale=args.cfg_scale,
+        model=args.model,
+    )
+    print(format_bench(result))
+    print(f"wrote {Path(args.engine) / 'bench.json'}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- parser
 def _add_common_sampling(p: argparse.ArgumentParser, *, model_default: str | None = DEFAULT_MODEL) -> None:
     p.add_argument(
@@ -380,6 +463,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("export", help="export a schedule as per-step ONNX graphs or TensorRT engines")
+    p.add_argument("schedule", help="an optimize output folder or a schedule.json")
+    p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"])
+    p.add_argument("--out", required=True, help="the folder to write (replaced as a whole, atomically)")
+    p.add_argument("--model", default=None, help="the model (default: the one the schedule names)")
+    p.add_argument("--opset", type=_positive_int, default=18)
+    p.add_argument("--max-batch", type=_positive_int, default=64, help="largest batch (the model sees 2x with CFG)")
+    p.add_argument("--opt-batch", type=_positive_int, default=None, help="TensorRT: batch the profile optimizes for")
+    p.add_argument("--fp16", action="store_true", help="TensorRT 10: build fp16 engines (TensorRT 11: see README)")
+    p.add_argument("--onnx-dir", default=None, help="TensorRT: reuse an ONNX export instead of exporting again")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity gate")
+    p.add_argument("--threads", type=_positive_int, default=2)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="latency of an exported schedule against full compute, in one run")
+    p.add_argument("engine", help="an exported folder")
+    p.add_argument("--runtime", default="ort", choices=["torch", "ort", "trt"])
+    p.add_argument("--images", type=_positive_int, default=8, help="images per sampling run (default 8)")
+    p.add_argument("--model", default=None, help="the model (default: the one the folder was exported from)")
+    p.add_argument("--repeat", type=_positive_int, default=5)
+    p.add_argument("--cfg-scale", type=_float, default=None)
+    p.add_argument("--threads", type=_positive_int, default=2)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("evaluate", help="quality of a samples .npz (PSNR vs a reference, digits accuracy, Frechet)")
     p.add_argument("samples")

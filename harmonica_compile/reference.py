@@ -57,6 +57,9 @@ class HookCachedModel(nn.Module):
         self._handles = [
             modules[name].register_forward_hook(self._hook(k, name)) for k, name in enumerate(schedule.sites)
         ]
+        # Count steps on the model itself, so that calling the model directly (as a pipeline does)
+        # follows the schedule too.
+        self._handles.append(model.register_forward_hook(self._advance))
 
     def _hook(self, k: int, name: str):
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
@@ -69,16 +72,17 @@ class HookCachedModel(nn.Module):
 
         return hook
 
+    def _advance(self, module: nn.Module, args: Any, output: Any) -> None:
+        self._step += 1
+        if self._step >= self.schedule.num_steps:
+            self.reset()
+
     def reset(self) -> None:
         self._cache.clear()
         self._step = 0
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.model(*args, **kwargs)
-        self._step += 1
-        if self._step >= self.schedule.num_steps:
-            self.reset()
-        return out
+        return self.model(*args, **kwargs)
 
     def close(self) -> None:
         """Remove the hooks from the model."""

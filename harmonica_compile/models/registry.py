@@ -173,6 +173,13 @@ def known_model_names() -> list[str]:
 
 def load_model(name: str | nn.Module | ModelSpec = "tiny-dit-digits", *, seed: int = 0) -> ModelSpec:
     """A :class:`ModelSpec` for ``name``; see the module docstring."""
+    spec = _load_model(name, seed=seed)
+    if isinstance(name, str):
+        spec.extra.setdefault("source", name)
+    return spec
+
+
+def _load_model(name: str | nn.Module | ModelSpec, *, seed: int = 0) -> ModelSpec:
     if isinstance(name, ModelSpec):
         return name
     if isinstance(name, DiT):

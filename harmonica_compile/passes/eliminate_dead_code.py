@@ -19,7 +19,8 @@ _SDPA = {torch.ops.aten.scaled_dot_product_attention.default}
 
 def is_impure(node: fx.Node) -> bool:
     if node.op == "call_function" and node.target in _SDPA:
-        p = node.args[3] if len(node.args) > 3 else node.kwargs.get("dropout_p", 0.0)
+        # scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, ...)
+        p = node.args[4] if len(node.args) > 4 else node.kwargs.get("dropout_p", 0.0)
         return not (isinstance(p, int | float) and p == 0)
     return node.is_impure()
 

@@ -99,6 +99,7 @@ class Specialize(GraphPass):
         gm.meta[OUTPUT_NAMES] = tuple(list(gm.meta.get(OUTPUT_NAMES, ())) + new_output_names)
         gm.meta["harmonica_input_names"] = tuple(input_names)
         gm.meta["harmonica_mask"] = tuple(self.mask)
+        gm.meta["harmonica_refresh"] = tuple(s.name for s in self.sites if s.name in self.refresh)
         gm.meta.pop("harmonica_routing", None)
         gm.delete_all_unused_submodules()
         gm.recompile()

@@ -48,7 +48,7 @@ class CurController:
         self.ramp_iters = round(ramp * iterations)
         self.decay = decay
         self.importance = torch.zeros(num_steps, num_sites, dtype=torch.float64)
-        self.seen = torch.zeros(num_steps, dtype=torch.bool)
+        self.seen = torch.zeros(num_steps, num_sites, dtype=torch.bool)
         self.beta = 0.0 if target_cur is not None else float(beta or 0.0)
 
     def target_at(self, iteration: int) -> float | None:
@@ -88,14 +88,16 @@ class CurController:
             return hi_cached + 1.0
         return (hi_cached + lo_computed) / 2
 
-    def update(self, step: int, grad_r: torch.Tensor) -> None:
-        """Record ``d(lambda MSE)/dr`` of one step (positive importance = computing helps)."""
+    def update(self, step: int, grad_r: torch.Tensor, which: torch.Tensor | None = None) -> None:
+        """Record ``d(lambda MSE)/dr`` of one step (positive importance = computing helps), for the
+        entries in ``which`` (default: all)."""
         imp = (-grad_r.detach().double().cpu()).clamp(min=0)
-        if not self.seen[step]:
-            self.importance[step] = imp
-            self.seen[step] = True
-        else:
-            self.importance[step] = self.decay * self.importance[step] + (1 - self.decay) * imp
+        which = torch.ones(self.S, dtype=torch.bool) if which is None else which.cpu()
+        new = which & ~self.seen[step]
+        old = which & self.seen[step]
+        self.importance[step][new] = imp[new]
+        self.importance[step][old] = self.decay * self.importance[step][old] + (1 - self.decay) * imp[old]
+        self.seen[step] |= which
 
     def update_beta(self, iteration: int) -> float:
         """Set beta for the coming iteration (fixed without a target)."""
@@ -106,7 +108,7 @@ class CurController:
             self.beta = 0.0
             return self.beta
         share = self.num_cached(target) / ((self.T - 1) * self.S)
-        values = self.importance[1:][self.seen[1:]].ravel()
+        values = self.importance[1:][self.seen[1:]]
         self.beta = float(torch.quantile(values, min(max(share, 0.0), 1.0))) if share > 0 else 0.0
         return self.beta
 
@@ -119,5 +121,5 @@ class CurController:
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         self.importance = state["importance"].clone()
-        self.seen = state["seen"].clone()
+        self.seen = state["seen"].clone().reshape(self.T, self.S)
         self.beta = float(state["beta"])

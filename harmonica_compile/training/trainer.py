@@ -139,6 +139,7 @@ def train_schedule(
     base_meta = {
         "method": config.method,
         "model": spec.name,
+        "model_source": spec.extra.get("source", spec.name),
         "target_cur": config.target_cur,
         "tau": config.tau,
         "sampler": getattr(sampler, "name", type(sampler).__name__),
@@ -162,6 +163,10 @@ def train_schedule(
     device = next((b.device for b in cm.graph_module.buffers()), torch.device("cpu"))
     runner = StepRunner(cm, spec, sampler, cfg_scale)
     router = Router(T, S, init_logit=config.init_logit, tau=config.tau, clamp=config.clamp).to(device)
+    if config.init == "fora":
+        interval = fora_interval_for(T, float(config.target_cur))
+        fora = torch.tensor(CacheSchedule.fora(sites, T, interval).mask, dtype=torch.bool)
+        router.load_logits(torch.where(fora, config.init_logit, -config.init_logit).to(device))
     opt = torch.optim.AdamW(router.parameters(), lr=config.lr, weight_decay=0.0)
     controller = CurController(
         T,
@@ -218,7 +223,9 @@ def train_schedule(
             lam_seconds = time.perf_counter() - tl
         noise, cond, null = _batch(spec, config.batch_size, config.seed * 1_000_003 + it, comm, device)
         if config.method == "harmonica":
-            stats = sdt_iteration(runner, router, opt, controller, comm, mask, lam, noise, cond, null, config.ste)
+            stats = sdt_iteration(
+                runner, router, opt, controller, comm, mask, lam, noise, cond, null, config.ste, config.probe
+            )
         else:
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + it + 17)
             stats = l2c_iteration(runner, router, opt, controller, comm, mask, noise, cond, null, config.ste, gen)

@@ -99,3 +99,19 @@ def test_bad_arguments(cm):
         Specialize(cm.sites, [True, False, True, True], refresh=["blocks.0.mlp"])
     with pytest.raises(PassError, match="routed graph"):
         Specialize(cm.sites, [True] * 4)(cm.routed("soft"))
+
+
+def test_attention_with_a_mask_is_removed_when_cached():
+    """SDPA is tagged nondeterministic (dropout); with dropout_p == 0 it is pure even with a mask,
+    whose position (4th argument) once hid dropout_p from the purity check."""
+    from torch import fx
+
+    from harmonica_compile.passes.eliminate_dead_code import is_impure
+
+    graph = fx.Graph()
+    q, mask = graph.placeholder("q"), graph.placeholder("mask")
+    sdpa = torch.ops.aten.scaled_dot_product_attention.default
+    with_mask = graph.call_function(sdpa, (q, q, q, mask))
+    with_dropout = graph.call_function(sdpa, (q, q, q, mask, 0.1))
+    with_kwarg = graph.call_function(sdpa, (q, q, q), {"dropout_p": 0.0})
+    assert not is_impure(with_mask) and is_impure(with_dropout) and not is_impure(with_kwarg)

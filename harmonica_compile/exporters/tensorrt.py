@@ -1,0 +1,195 @@
+"""TensorRT: op coverage of our ONNX graphs, and one engine per distinct graph.
+
+- :func:`check_op_coverage` lists every op of an exported folder against the TensorRT ONNX
+  parser's support matrix, kept as data in ``tensorrt_onnx_ops.json`` (with its source).
+- :func:`export_tensorrt` exports the ONNX folder (or reuses one), then builds one serialized
+  engine per graph with the ``tensorrt`` Python API: an optimization profile over the batch
+  dimension, one timing cache shared by all builds, fp16 only on TensorRT 10 (11 is strongly typed),
+  engines named by graph, GPU and TensorRT version (engines are not portable across either).
+
+TensorRT cannot be installed from PyPI on machines without NVIDIA's runtime; when ``tensorrt`` is
+missing, building raises :class:`~harmonica_compile.errors.RuntimeBackendError` saying so. No engine
+is ever faked: a folder of kind ``tensorrt`` only exists if TensorRT built it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import ExportError, RuntimeBackendError
+from ..io import atomic_dir, atomic_write_bytes, sha256_file
+from .manifest import Manifest, load_manifest, tool_versions
+
+__all__ = ["check_op_coverage", "export_tensorrt", "supported_ops", "tensorrt_version"]
+
+
+def supported_ops() -> dict[str, Any]:
+    """The TensorRT ONNX parser's support matrix (``supported``, ``unsupported``, ``source``)."""
+    path = resources.files("harmonica_compile.exporters") / "tensorrt_onnx_ops.json"
+    return json.loads(path.read_text())
+
+
+def check_op_coverage(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Ops used by every graph of an ONNX folder, and which of them the TensorRT parser lacks."""
+    import onnx
+
+    manifest = load_manifest(folder)
+    table = supported_ops()
+    ok = set(table["supported"])
+    counts: Counter[str] = Counter()
+    opsets = set()
+    for g in manifest.graphs:
+        model = onnx.load(str(manifest.graph_path(g["id"])), load_external_data=False)
+        counts.update(n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx"))
+        custom = [n.op_type for n in model.graph.node if n.domain not in ("", "ai.onnx")]
+        if custom:
+            counts.update(f"{op} (custom domain)" for op in custom)
+        opsets.update(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    missing = sorted(op for op in counts if op not in ok)
+    in_range = all(table["opset_min"] <= v <= table["opset_max"] for v in opsets)
+    return {
+        "ops": dict(sorted(counts.items())),
+        "unsupported": missing,
+        "opsets": sorted(opsets),
+        "opset_in_range": in_range,
+        "supported_by": f"TensorRT {table['tensorrt_version']} ONNX parser ({table['source']})",
+        "restrictions": {op: table["restrictions"][op] for op in counts if op in table.get("restrictions", {})},
+    }
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT version, or ``None``."""
+    try:
+        import tensorrt as trt  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return str(trt.__version__)
+
+
+def _require_tensorrt() -> Any:
+    try:
+        import tensorrt as trt  # type: ignore[import-not-found]
+    except ImportError as e:
+        raise RuntimeBackendError(
+            "TensorRT is not installed: building engines needs the tensorrt Python package and an NVIDIA GPU "
+            "(pip install 'harmonica-compile[tensorrt]' where NVIDIA's wheels are reachable). Without it, export "
+            "--format onnx and build with the trtexec script that harmonica-compile trtexec writes"
+        ) from e
+    return trt
+
+
+def _gpu_slug() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise RuntimeBackendError("TensorRT engines are built on a CUDA GPU, and torch sees none")
+    return re.sub(r"[^A-Za-z0-9]+", "_", torch.cuda.get_device_name(0)).strip("_")
+
+
+def _build_engine(
+    trt: Any, onnx_path: Path, graph: dict[str, Any], *, batch: dict[str, int], fp16: bool, timing_cache: bytes | None
+) -> tuple[bytes, bytes]:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    major = int(trt.__version__.split(".")[0])
+    flags = 0
+    if major == 10 and not fp16 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    cache = config.create_timing_cache(timing_cache or b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    if fp16:
+        if major >= 11:
+            raise ExportError("TensorRT 11 is strongly typed: fp16 must come from the ONNX (ModelOpt AutoCast)")
+        config.set_flag(trt.BuilderFlag.FP16)
+    profile = builder.create_optimization_profile()
+    for entry in graph["inputs"]:
+        if "batch" not in entry["shape"]:
+            continue
+        shapes = [tuple(batch[k] if d == "batch" else int(d) for d in entry["shape"]) for k in ("min", "opt", "max")]
+        profile.set_shape(entry["name"], *shapes)
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise ExportError(f"TensorRT failed to build an engine for {onnx_path.name} (see the log above)")
+    return bytes(engine), bytes(config.get_timing_cache().serialize())
+
+
+def export_tensorrt(
+    cached: Any,
+    out: str | os.PathLike[str],
+    *,
+    model_name: str,
+    sampler: Any,
+    spec: Any = None,
+    opset: int = 18,
+    max_batch: int = 64,
+    opt_batch: int | None = None,
+    fp16: bool = False,
+    onnx_dir: str | os.PathLike[str] | None = None,
+) -> Manifest:
+    """Build one TensorRT engine per graph into ``out`` (atomically); ONNX files are kept next to them."""
+    trt = _require_tensorrt()
+    gpu = _gpu_slug()
+    version = str(trt.__version__)
+    from .onnx import export_onnx
+
+    with atomic_dir(out) as tmp:
+        if onnx_dir is None:
+            onnx_folder = tmp / "onnx"
+            export_onnx(
+                cached, onnx_folder, model_name=model_name, sampler=sampler, spec=spec, opset=opset, max_batch=max_batch
+            )
+        else:
+            onnx_folder = Path(onnx_dir)
+        source = load_manifest(onnx_folder)
+        coverage = check_op_coverage(onnx_folder)
+        if coverage["unsupported"]:
+            raise ExportError(f"the graphs use ops TensorRT's parser lacks: {coverage['unsupported']}")
+        for item in onnx_folder.iterdir():  # engines and their ONNX side by side
+            if item.is_file():
+                shutil.copy2(item, tmp / item.name)
+        if onnx_dir is None:
+            shutil.rmtree(onnx_folder)
+        data = json.loads(json.dumps(source.data))
+        batch = {"min": 1, "opt": opt_batch or int(data["batch"]["opt"]), "max": max_batch}
+        timing: bytes | None = None
+        started = time.perf_counter()
+        for g in data["graphs"]:
+            t0 = time.perf_counter()
+            engine, timing = _build_engine(trt, tmp / g["file"], g, batch=batch, fp16=fp16, timing_cache=timing)
+            name = f"{Path(g['file']).stem}.{gpu}.trt{version}.plan"
+            atomic_write_bytes(tmp / name, engine)
+            g["onnx_file"], g["onnx_sha256"] = g["file"], g["sha256"]
+            g["file"], g["sha256"], g["engine_bytes"] = name, sha256_file(tmp / name), len(engine)
+            g["build_seconds"] = round(time.perf_counter() - t0, 3)
+        if timing:
+            atomic_write_bytes(tmp / f"timing.{gpu}.trt{version}.cache", timing)
+        data.update(
+            {
+                "kind": "tensorrt",
+                "tools": tool_versions({"tensorrt": version}),
+                "gpu": gpu,
+                "batch": batch,
+                "precision": "fp16" if fp16 else "fp32",
+                "op_coverage": coverage,
+                "engine_bytes_total": sum(g["engine_bytes"] for g in data["graphs"]),
+                "build_seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+        data["files"] = {**data.get("files", {}), **{g["onnx_file"]: g["onnx_sha256"] for g in data["graphs"]}}
+        Manifest(tmp, data).write()
+    return load_manifest(out)
