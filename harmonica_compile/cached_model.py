@@ -204,6 +204,7 @@ class CachedModel(nn.Module):
         model_outs: Sequence[torch.Tensor],
         refreshed: Sequence[tuple[str, torch.Tensor]],
     ) -> None:
+        """Raise :class:`NumericalError` naming the step and the site where NaN/Inf first appears."""
         for name, x in zip(self.cacheable.captured.input_names, flat, strict=True):
             if x.is_floating_point() and not torch.isfinite(x).all():
                 raise NumericalError(f"step {step}: input '{name}' holds NaN or Inf before the model ran")
@@ -212,9 +213,32 @@ class CachedModel(nn.Module):
                 raise NumericalError(
                     f"step {step}: cached '{name}' (from step {self._filled_at.get(name)}) holds NaN or Inf"
                 )
-        for name, x in refreshed:
-            if not torch.isfinite(x).all():
-                raise NumericalError(f"step {step}: site '{name[len('new_cache.') :]}' produced NaN or Inf")
-        for name, x in zip(self.cacheable.captured.output_names, model_outs, strict=True):
-            if not torch.isfinite(x).all():
-                raise NumericalError(f"step {step}: output '{name}' holds NaN or Inf")
+        bad_refresh = any(not torch.isfinite(x).all() for _, x in refreshed)
+        bad_output = any(not torch.isfinite(x).all() for x in model_outs)
+        if not (bad_refresh or bad_output):
+            return
+        site = self._first_non_finite_site(step, flat, cache_in, cache_names)
+        where = f"first in site '{site}'" if site else "outside every cache site (embeddings or final layer)"
+        raise NumericalError(
+            f"step {step}: NaN or Inf appeared {where}, with finite inputs and cache; check the model's "
+            "weights and dtype (fp16 overflow is the usual cause)"
+        )
+
+    def _first_non_finite_site(
+        self, step: int, flat: Sequence[torch.Tensor], cache_in: Sequence[torch.Tensor], cache_names: Sequence[str]
+    ) -> str | None:
+        """Re-run the step on the hard-routed graph, which returns every site's fresh value, and
+        return the first site (in execution order) whose value is not finite."""
+        cm = self.cacheable
+        hard = cm.routed("hard")
+        given = dict(zip(cache_names, cache_in, strict=True))
+        cache = [given.get(n, z) for n, z in cm.example_cache(cm.captured.batch_of(flat), flat[0].device).items()]
+        mask = torch.tensor(self.schedule.mask[step], device=flat[0].device)
+        with torch.no_grad():
+            outs = hard(*flat, *cache, mask)
+        fresh = outs[len(cm.captured.output_names) :]
+        slots = [(s, m) for s, m in zip(cm.sites, self.schedule.mask[step], strict=True) for _ in range(s.num_outputs)]
+        for (site, computed), value in zip(slots, fresh, strict=True):
+            if computed and not torch.isfinite(value).all():
+                return site.name
+        return None

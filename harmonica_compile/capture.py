@@ -117,7 +117,7 @@ class CapturedModel:
         if spec != self.in_spec:
             raise InputError(
                 f"{self.model_class}: the inputs have another structure than at capture "
-                f"(got {_leaf_names(((), bound))}, expected {[i.name for i in self.inputs]}); "
+                f"(got {_leaf_names(bound)}, expected {[i.name for i in self.inputs]}); "
                 "pass the same arguments (and dict keys) as the example inputs, or capture again"
             )
         flat: list[torch.Tensor] = []

@@ -31,6 +31,7 @@ __all__ = [
     "load_safetensors",
     "save_safetensors",
     "sha256_file",
+    "tensors_checksum",
 ]
 
 
@@ -86,7 +87,8 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = True) -> Itera
     if path.exists() and not overwrite:
         raise ArtifactError(f"{path} already exists; pass overwrite=True or choose another folder")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
     except BaseException:
@@ -103,6 +105,24 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = True) -> Itera
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove ``.<name>.<pid>.*.tmp`` folders left by a process that was killed while writing."""
+    for item in path.parent.glob(f".{path.name}.*.tmp"):
+        parts = item.name[len(path.name) + 2 :].split(".")
+        if item.is_dir() and parts and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+            shutil.rmtree(item, ignore_errors=True)
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -115,6 +135,16 @@ def canonical_checksum(payload: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of ``payload`` (sorted keys, no spaces)."""
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def tensors_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of ``tensors`` (in name order)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def load_json(path: str | os.PathLike[str], *, what: str = "file") -> Any:

@@ -4,6 +4,6 @@ from __future__ import annotations
 
 from .config import METHODS, TrainConfig
 from .router import Router
-from .trainer import TrainResult, fora_interval_for, train_schedule
+from .trainer import TrainResult, fora_interval_for, load_routers, train_schedule
 
-__all__ = ["METHODS", "Router", "TrainConfig", "TrainResult", "fora_interval_for", "train_schedule"]
+__all__ = ["METHODS", "Router", "TrainConfig", "TrainResult", "fora_interval_for", "load_routers", "train_schedule"]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ..errors import TrainingError
-from ..io import canonical_checksum, load_safetensors, save_safetensors
+from ..io import canonical_checksum, load_safetensors, save_safetensors, tensors_checksum
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "save_checkpoint"]
 
@@ -77,6 +77,7 @@ def save_checkpoint(
         "version": str(CHECKPOINT_VERSION),
         "state": json.dumps(header),
         "checksum": canonical_checksum(header),
+        "tensors_checksum": tensors_checksum(tensors),
     }
     return save_safetensors(path, tensors, meta)
 
@@ -102,7 +103,7 @@ def load_checkpoint(
         header = json.loads(meta["state"])
     except (KeyError, json.JSONDecodeError) as e:
         raise TrainingError(f"--resume: checkpoint {path} has a damaged header ({e}); delete it to start over") from e
-    if meta.get("checksum") != canonical_checksum(header):
+    if meta.get("checksum") != canonical_checksum(header) or meta.get("tensors_checksum") != tensors_checksum(tensors):
         raise TrainingError(f"--resume: checkpoint {path} fails its checksum; delete it to start over")
     if header.get("fingerprint") != fingerprint:
         raise TrainingError(

@@ -48,9 +48,6 @@ class TrainConfig:
     clamp: float = 5.0
     #: Initial logit of every learned entry (sigmoid(2) = 0.88: start by computing).
     init_logit: float = 2.0
-    #: Router initialisation: ``constant`` (every entry ``init_logit``) or ``fora`` (``+init_logit``
-    #: where the FORA schedule closest to ``target_cur`` computes, ``-init_logit`` where it caches).
-    init: str = "constant"
     #: Straight-through estimator: hard 0/1 forward with the sigmoid's gradient (reference: on).
     ste: bool = True
     #: IEPO proxy: ``paper`` (x0 with step t fully computed vs the current masks), ``incremental``
@@ -63,8 +60,6 @@ class TrainConfig:
     #: Lambda is normalised to mean 1 over the steps and floored at this value, so a step that
     #: currently computes everything (lambda 0 by definition) still resists caching.
     lambda_floor: float = 0.1
-    #: Take the gradient of computed sites at a half-cached probe forward (see ``sdt._router_step``).
-    probe: bool = False
     #: With ``target_cur``: share of the iterations over which the CUR target ramps up from 0.
     ramp: float = 0.3
     #: With ``target_cur``: decay of the per-entry importance average that sets beta.
@@ -113,10 +108,6 @@ class TrainConfig:
             raise ConfigError(f"tau must be in (0, 1), got {self.tau}")
         if not self.clamp > 0:
             raise ConfigError(f"clamp must be > 0, got {self.clamp}")
-        if self.init not in ("constant", "fora"):
-            raise ConfigError(f"init must be 'constant' or 'fora', got {self.init!r}")
-        if self.init == "fora" and self.target_cur is None:
-            raise ConfigError("init='fora' needs target_cur (it picks the FORA interval)")
         if self.lambda_mode not in ("paper", "incremental", "none"):
             raise ConfigError(f"lambda_mode must be 'paper', 'incremental' or 'none', got {self.lambda_mode!r}")
         if not 0.0 <= self.lambda_floor <= 1.0:

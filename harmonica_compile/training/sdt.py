@@ -50,15 +50,8 @@ def _router_step(
     hard: torch.Tensor,
     lam: float,
     ste: bool,
-    probe: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor], float]:
-    """One optimizer step on router row ``step``; returns the student's eps, fresh values and MSE.
-
-    With ``probe``, the gradient of every computed site is taken at a second, half-cached forward
-    (gate 0.5 where the hard mask computes): under the straight-through estimator a step that
-    computes every site has student == teacher and a zero gradient, so it cannot tell which of
-    its sites would be cheap to cache; the half-cached probe measures that slope.
-    """
+    """One optimizer step on router row ``step``; returns the student's eps, fresh values and MSE."""
     channels = teacher_eps.shape[1]
     row = router.rows[step - 1]
     with torch.enable_grad():
@@ -69,15 +62,6 @@ def _router_step(
         opt.zero_grad(set_to_none=True)
         (lam * mse).backward()
     grad = row.grad.clone() if row.grad is not None else torch.zeros_like(row)
-    if probe and ste and bool(hard.any()):
-        with torch.enable_grad():
-            r = router.prob(step)
-            probe_gate = torch.where(hard, 0.5, 0.0).to(r.dtype) + r - r.detach()
-            out_p, _ = runner.student_step(flat, cache, probe_gate)
-            mse_p = F.mse_loss(runner.eps(out_p, channels), teacher_eps)
-            opt.zero_grad(set_to_none=True)
-            (lam * mse_p).backward()
-        grad = torch.where(hard.to(grad.device), row.grad, grad)
     comm.mean_(grad)
     r = torch.sigmoid(row.detach())
     slope = (r * (1 - r)).clamp(min=1e-12)
@@ -101,7 +85,6 @@ def sdt_iteration(
     cond: Any,
     null: Any,
     ste: bool,
-    probe: bool = False,
 ) -> IterationStats:
     sampler = runner.sampler
     sampler.start()
@@ -118,7 +101,7 @@ def sdt_iteration(
         teacher = runner.eps(runner.teacher_step(flat), channels)
         hard = mask[i] if ste else (router.prob(i).detach() > router.tau)
         eps, fresh, mse = _router_step(
-            runner, router, opt, controller, comm, i, flat, cache, teacher, hard, float(lam[i]), ste, probe
+            runner, router, opt, controller, comm, i, flat, cache, teacher, hard, float(lam[i]), ste
         )
         runner.refresh(cache, fresh, hard)
         x = sampler.step(eps, i, x).detach()

@@ -12,6 +12,7 @@ Example (a few iterations on a small random model):
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -22,8 +23,8 @@ from typing import Any
 import torch
 
 from ..cacheable import CacheableModel
-from ..errors import ConfigError, TrainingError
-from ..io import save_safetensors
+from ..errors import ArtifactError, ConfigError, TrainingError
+from ..io import load_safetensors, save_safetensors, tensors_checksum
 from ..schedule import CacheSchedule
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -34,7 +35,7 @@ from .router import Router
 from .runner import StepRunner
 from .sdt import l2c_iteration, sdt_iteration
 
-__all__ = ["TrainResult", "fora_interval_for", "train_schedule"]
+__all__ = ["TrainResult", "fora_interval_for", "load_routers", "train_schedule"]
 
 
 @dataclass
@@ -50,16 +51,37 @@ class TrainResult:
 
     def save_routers(self, path: str | os.PathLike[str]) -> Path:
         """``routers.safetensors``: the logits ``[T, S]``, lambda ``[T]`` and the settings, no pickle."""
-        import json
-
+        tensors = {"logits": self.logits, "lambda": self.lam}
         meta = {
-            "format": "harmonica-compile/routers",
+            "format": ROUTERS_FORMAT,
             "format_version": "1",
+            "checksum": tensors_checksum(tensors),
             "sites": json.dumps(list(self.schedule.sites)),
             "config": json.dumps(self.config.to_json()),
             "threshold_logit": json.dumps(self.threshold_logit),
         }
-        return save_safetensors(path, {"logits": self.logits, "lambda": self.lam}, meta)
+        return save_safetensors(path, tensors, meta)
+
+
+ROUTERS_FORMAT = "harmonica-compile/routers"
+
+
+def load_routers(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``routers.safetensors``: ``logits``, ``lambda``, ``sites``, ``config``; checks format and checksum."""
+    tensors, meta = load_safetensors(path, what="routers file")
+    if meta.get("format") != ROUTERS_FORMAT:
+        raise ArtifactError(f"{path} is not a routers file (format {meta.get('format')!r})")
+    if meta.get("format_version") != "1":
+        raise ArtifactError(f"{path}: routers format version {meta.get('format_version')!r}, expected 1")
+    if meta.get("checksum") != tensors_checksum(tensors):
+        raise ArtifactError(f"{path} fails its checksum: the tensors were changed after they were written")
+    return {
+        "logits": tensors["logits"],
+        "lambda": tensors["lambda"],
+        "sites": json.loads(meta["sites"]),
+        "config": json.loads(meta["config"]),
+        "threshold_logit": json.loads(meta["threshold_logit"]),
+    }
 
 
 def fora_interval_for(num_steps: int, target_cur: float) -> int:
@@ -163,10 +185,6 @@ def train_schedule(
     device = next((b.device for b in cm.graph_module.buffers()), torch.device("cpu"))
     runner = StepRunner(cm, spec, sampler, cfg_scale)
     router = Router(T, S, init_logit=config.init_logit, tau=config.tau, clamp=config.clamp).to(device)
-    if config.init == "fora":
-        interval = fora_interval_for(T, float(config.target_cur))
-        fora = torch.tensor(CacheSchedule.fora(sites, T, interval).mask, dtype=torch.bool)
-        router.load_logits(torch.where(fora, config.init_logit, -config.init_logit).to(device))
     opt = torch.optim.AdamW(router.parameters(), lr=config.lr, weight_decay=0.0)
     controller = CurController(
         T,
@@ -223,9 +241,7 @@ def train_schedule(
             lam_seconds = time.perf_counter() - tl
         noise, cond, null = _batch(spec, config.batch_size, config.seed * 1_000_003 + it, comm, device)
         if config.method == "harmonica":
-            stats = sdt_iteration(
-                runner, router, opt, controller, comm, mask, lam, noise, cond, null, config.ste, config.probe
-            )
+            stats = sdt_iteration(runner, router, opt, controller, comm, mask, lam, noise, cond, null, config.ste)
         else:
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + it + 17)
             stats = l2c_iteration(runner, router, opt, controller, comm, mask, noise, cond, null, config.ste, gen)
