@@ -32,3 +32,13 @@ def test_no_forbidden_dependencies():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert "torchvision" not in pyproject and "timm" not in pyproject
     assert re.search(r'"torch>=[\d.]+,<[\d.]+"', pyproject)  # a range that the CPU build satisfies
+
+
+def test_readme_results_are_generated_from_benchmark_files():
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "make_readme.py"), "--check"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr

@@ -104,10 +104,11 @@ def test_sigkill_at_a_random_moment_then_resume(tmp_path):
     deadline = time.time() + 300
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(random.uniform(0.0, 1.5))  # somewhere in the middle of training (or of a checkpoint write)
+    time.sleep(random.uniform(0.0, 1.0))  # somewhere in the middle of training (or of a checkpoint write)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (run / "schedule.json").exists() or proc.returncode == 0
+    # Whether the kill landed in training, in a checkpoint write or after the schedule was written,
+    # resuming must end with the uninterrupted run's schedule.
     result = subprocess.run(_optimize_cmd(run, "--resume"), env=_env(), timeout=600, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert CacheSchedule.load(run / "schedule.json") == CacheSchedule.load(ref / "schedule.json")
