@@ -17,11 +17,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from .errors import ConfigError, HarmonicaError
 
@@ -99,13 +101,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         from .passes import graph_text
 
         spec = load_model(args.model or DEFAULT_MODEL)
-        if args.dump_before or args.dump_after:
-            import os
-
-            os.environ["HARMONICA_DUMP"] = ",".join(
-                [f"before:{n}" for n in args.dump_before] + [f"after:{n}" for n in args.dump_after]
-            )
-        cm = spec.cacheable()
+        dumps = [f"before:{n}" for n in args.dump_before] + [f"after:{n}" for n in args.dump_after]
+        env = {"HARMONICA_DUMP": ",".join(dumps)} if dumps else {}
+        with mock.patch.dict(os.environ, env):  # the pass managers read the dump request from here
+            cm = spec.cacheable()
         info = spec.describe()
         info["sites"] = [{"name": s.name, "kind": s.kind, "outputs": s.num_outputs, "gated": s.gated} for s in cm.sites]
         info["capture"] = [{"pass": n, **c} for n, c in cm.captured.history]

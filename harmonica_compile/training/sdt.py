@@ -1,4 +1,4 @@
-"""Step-Wise Denoising Training (SDT) and the L2C iteration it replaces.
+"""Step-Wise Denoising Training (SDT): one training iteration, and the router step it shares with L2C.
 
 SDT, one iteration (see ``shared/HARMONICA.md``):
 
@@ -9,9 +9,7 @@ SDT, one iteration (see ``shared/HARMONICA.md``):
    one optimizer step on that step's router row; the cache is refreshed where the hard mask says
    the site computed; the trajectory advances with the **student's** prediction.
 
-L2C, one iteration: the same router and loss without lambda, but ``x_t`` comes from the
-full-compute (teacher) trajectory and the cache from the full-compute previous step, and the steps
-are visited in random (uniform) order. It never sees a cache filled by a cached step.
+L2C (:mod:`.l2c`) uses the same router step without lambda, on teacher-forced states.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from .distributed import Comm
 from .router import Router
 from .runner import StepRunner
 
-__all__ = ["IterationStats", "l2c_iteration", "sdt_iteration"]
+__all__ = ["IterationStats", "router_step", "sdt_iteration"]
 
 
 @dataclass
@@ -37,7 +35,7 @@ class IterationStats:
     trajectory_mse: float
 
 
-def _router_step(
+def router_step(
     runner: StepRunner,
     router: Router,
     opt: torch.optim.Optimizer,
@@ -100,7 +98,7 @@ def sdt_iteration(
         flat = runner.flat_inputs(x, i, cond, null)
         teacher = runner.eps(runner.teacher_step(flat), channels)
         hard = mask[i] if ste else (router.prob(i).detach() > router.tau)
-        eps, fresh, mse = _router_step(
+        eps, fresh, mse = router_step(
             runner, router, opt, controller, comm, i, flat, cache, teacher, hard, float(lam[i]), ste
         )
         runner.refresh(cache, fresh, hard)
@@ -109,42 +107,3 @@ def sdt_iteration(
         losses.append(float(lam[i]) * mse + controller.beta * float(router.prob(i).detach().sum()))
         traj += float((eps - teacher).pow(2).mean())
     return IterationStats(sum(losses) / len(losses), sum(mses) / len(mses), traj / max(len(mses), 1))
-
-
-def l2c_iteration(
-    runner: StepRunner,
-    router: Router,
-    opt: torch.optim.Optimizer,
-    controller: CurController,
-    comm: Comm,
-    mask: torch.Tensor,
-    noise: torch.Tensor,
-    cond: Any,
-    null: Any,
-    ste: bool,
-    generator: torch.Generator,
-) -> IterationStats:
-    sampler = runner.sampler
-    sampler.start()
-    x = noise * sampler.init_noise_sigma
-    channels = x.shape[1]
-    all_compute = torch.ones(runner.num_sites, dtype=torch.bool)
-    states = []  # (flat inputs, teacher eps, fresh site values) of every full-compute step
-    cache = None
-    for i in range(sampler.num_steps):
-        flat = runner.flat_inputs(x, i, cond, null)
-        cache = runner.empty_cache(flat) if cache is None else cache
-        out, fresh = runner.hard_step(flat, cache, all_compute)
-        eps = runner.eps(out, channels)
-        states.append((flat, eps, [f.detach() for f in fresh]))
-        x = sampler.step(eps, i, x)
-    losses, mses = [], []
-    order = (torch.randperm(sampler.num_steps - 1, generator=generator) + 1).tolist()
-    for i in order:
-        flat, teacher, _ = states[i]
-        prev_fresh = list(states[i - 1][2])
-        hard = mask[i] if ste else (router.prob(i).detach() > router.tau)
-        _, _, mse = _router_step(runner, router, opt, controller, comm, i, flat, prev_fresh, teacher, hard, 1.0, ste)
-        mses.append(mse)
-        losses.append(mse + controller.beta * float(router.prob(i).detach().sum()))
-    return IterationStats(sum(losses) / len(losses), sum(mses) / len(mses), float("nan"))

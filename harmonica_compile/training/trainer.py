@@ -13,7 +13,6 @@ Example (a few iterations on a small random model):
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,10 +29,12 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .controller import CurController
 from .distributed import Comm, init_from_env
+from .fora import fora_interval_for
 from .iepo import compute_lambda, normalize_lambda
+from .l2c import l2c_iteration
 from .router import Router
 from .runner import StepRunner
-from .sdt import l2c_iteration, sdt_iteration
+from .sdt import sdt_iteration
 
 __all__ = ["TrainResult", "fora_interval_for", "load_routers", "train_schedule"]
 
@@ -82,16 +83,6 @@ def load_routers(path: str | os.PathLike[str]) -> dict[str, Any]:
         "config": json.loads(meta["config"]),
         "threshold_logit": json.loads(meta["threshold_logit"]),
     }
-
-
-def fora_interval_for(num_steps: int, target_cur: float) -> int:
-    """The FORA interval whose CUR at ``num_steps`` is closest to ``target_cur`` (smaller on ties)."""
-    best, best_err = 1, math.inf
-    for n in range(1, num_steps + 1):
-        cur = 1 - len(range(0, num_steps, n)) / num_steps
-        if abs(cur - target_cur) < best_err - 1e-12:
-            best, best_err = n, abs(cur - target_cur)
-    return best
 
 
 def _resolve(model: Any, spec: Any) -> tuple[CacheableModel, Any]:

@@ -10,8 +10,9 @@ from harmonica_compile.schedule import CacheSchedule
 from harmonica_compile.training import Router, TrainConfig, train_schedule
 from harmonica_compile.training.controller import CurController
 from harmonica_compile.training.distributed import Comm
+from harmonica_compile.training.l2c import l2c_iteration
 from harmonica_compile.training.runner import StepRunner
-from harmonica_compile.training.sdt import l2c_iteration, sdt_iteration
+from harmonica_compile.training.sdt import sdt_iteration
 
 
 @pytest.fixture(scope="module")
