@@ -121,7 +121,7 @@ def tiny_spec(depth: int = 2, seed: int = 0, null_class: bool = True):
         learn_sigma=False,
         class_dropout_prob=0.1 if null_class else 0.0,
     )
-    spec = load_model(randomize_(model, seed).eval())
+    spec = load_model(randomize_(model, seed, scale=0.5).eval())
     spec.name = "tiny-test-dit"
     spec.default_cfg_scale = 2.0 if null_class else 1.0
     return spec
