@@ -26,8 +26,10 @@ A folder that fails is never left behind.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,8 +77,11 @@ def _export_routed(cached: CachedModel, opset: int, max_batch: int) -> Any:
     dim = torch.export.Dim("batch", min=1, max=max_batch)
     dynamic = [({0: dim} if spec.batched else None) for spec in cm.captured.tensor_inputs]
     dynamic += [{0: dim}] * len(cache) + [None]
-    import warnings
-
+    # torch.onnx logs one warning per torchvision op it cannot register when torchvision is
+    # absent (it is kept out of our dependencies on purpose): noise for every export.
+    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    previous_level = registration_log.level
+    registration_log.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -97,6 +102,8 @@ def _export_routed(cached: CachedModel, opset: int, max_batch: int) -> Any:
                 f"torch.onnx.export could not export {cm.captured.model_class}: {type(e).__name__}: "
                 f"{str(e).strip().splitlines()[0][:300]}"
             ) from e
+        finally:
+            registration_log.setLevel(previous_level)
     model = program.model_proto
     # The exporter annotates every node with its FX node, module path and Python stack trace:
     # ~90% of a graph file, and local paths a user should not ship. Only the node names stay.

@@ -156,6 +156,16 @@ def test_folder_for_another_model_or_step_count(exported):
         runner(torch.randn(2, 2, 8, 8), torch.full((2,), 950), torch.tensor([1, 2]))
 
 
+def test_cpu_sessions_do_not_spin(exported):
+    # A schedule alternates between sessions; idle pools that spin steal the running one's cores.
+    out, _, _ = exported
+    key = "session.intra_op.allow_spinning"
+    quiet = OrtRunner(out, threads=2).session(0).get_session_options()
+    assert quiet.get_session_config_entry(key) == "0"
+    spinning = OrtRunner(out, threads=2, spinning=True).session(0).get_session_options()
+    assert spinning.get_session_config_entry(key) == "1"
+
+
 def test_batch_outside_the_built_range(exported):
     out, _, _ = exported
     runner = OrtRunner(out)
