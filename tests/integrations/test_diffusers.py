@@ -128,7 +128,7 @@ def _tokenizer():
     )
 
 
-def _pixart_pipe(seed=0):
+def _pixart_pipe(seed=0, kind="alpha"):
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -146,7 +146,8 @@ def _pixart_pipe(seed=0):
         norm_num_groups=1,
     )
     randomize_(transformer, seed).eval()
-    return diffusers.PixArtAlphaPipeline(
+    pipeline = diffusers.PixArtAlphaPipeline if kind == "alpha" else diffusers.PixArtSigmaPipeline
+    return pipeline(
         tokenizer=_tokenizer(),
         text_encoder=encoder,
         vae=_vae(),
@@ -179,8 +180,9 @@ PIXART_INPUTS = {
 }
 
 
-def test_accelerated_pixart_pipeline_equals_forward_hooks():
-    pipe = _pixart_pipe()
+@pytest.mark.parametrize("kind", ["alpha", "sigma"])
+def test_accelerated_pixart_pipeline_equals_forward_hooks(kind):
+    pipe = _pixart_pipe(kind=kind)
     sites = _sites(pipe.transformer, PIXART_INPUTS)
     assert len(sites) == 6  # attn1, attn2, ff per block
     schedule = _schedule(pipe, 4, sites, seed=3)
