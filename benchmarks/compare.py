@@ -185,6 +185,8 @@ def plot(rows: list[dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
 
     steps = sorted({r["steps"] for r in rows})
+    measured = all(r.get("ort_speedup") for r in rows if r["method"] != "full")
+    what = "measured speedup, ONNX Runtime (x)" if measured else "theoretical speedup, FLOPs (x)"
     fig, axes = plt.subplots(1, len(steps), figsize=(5 * len(steps), 4), squeeze=False)
     for ax, n in zip(axes[0], steps, strict=True):
         for method, marker in (("fora", "s"), ("l2c", "^"), ("harmonica", "o")):
@@ -196,11 +198,11 @@ def plot(rows: list[dict[str, Any]]) -> None:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=method)
         ax.set_title(f"{n} DDIM steps")
-        ax.set_xlabel("measured speedup, ONNX Runtime (x)")
+        ax.set_xlabel(what)
         ax.set_ylabel("PSNR vs full compute (dB, higher is better)")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("tiny-dit-digits: quality against measured speedup (up and right is better)")
+    fig.suptitle(f"tiny-dit-digits: quality against {what.split(',')[0]} (up and right is better)")
     fig.tight_layout()
     fig.savefig(RESULTS / "compare_pareto.png", dpi=120)
 
