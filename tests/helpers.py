@@ -129,3 +129,11 @@ def tiny_spec(depth: int = 2, seed: int = 0, null_class: bool = True):
 
 def tiny_spec_no_null():
     return tiny_spec(null_class=False)
+
+
+def fora_schedule_dir(out) -> None:
+    """``harmonica-compile optimize`` of a 4-step FORA(2) schedule for :func:`tiny_spec` into ``out``."""
+    from harmonica_compile.cli import main
+
+    argv = ["optimize", "--model", "helpers:tiny_spec", "--steps", "4", "--method", "fora", "--target-cur", "0.5"]
+    assert main([*argv, "--no-eval", "--quiet", "--out", str(out)]) == 0

@@ -348,9 +348,11 @@ def export_onnx(
     return load_manifest(out)
 
 
-def _recorded_step_inputs(cached: CachedModel, spec: Any, sampler: Any) -> dict[int, list[torch.Tensor]]:
-    """The inputs (model inputs and cache values) each graph gets the first time it runs in a real
-    trajectory of the torch CachedModel: the activations the graph will actually see."""
+def _recorded_trajectory(
+    cached: CachedModel, spec: Any, sampler: Any, seed: int
+) -> tuple[dict[int, list[torch.Tensor]], torch.Tensor]:
+    """One trajectory of the torch CachedModel: its final images, and the inputs (model inputs and
+    cache values) each graph gets the first time it runs: the activations the graph will see."""
     from ..sampling import generate
 
     records: dict[int, list[torch.Tensor]] = {}
@@ -366,10 +368,12 @@ def _recorded_step_inputs(cached: CachedModel, spec: Any, sampler: Any) -> dict[
 
     cached.run_step = recording  # type: ignore[method-assign]
     try:
-        generate(spec, spec.denoiser(cached), num=2, steps=sampler.num_steps, seed=321, sampler=sampler, clamp=False)
+        images, _ = generate(
+            spec, spec.denoiser(cached), num=2, steps=sampler.num_steps, seed=seed, sampler=sampler, clamp=False
+        )
     finally:
         del cached.run_step
-    return records
+    return records, images
 
 
 def check_parity(folder: Path, cached: CachedModel, *, spec: Any = None, sampler: Any = None) -> dict[str, Any]:
@@ -379,11 +383,12 @@ def check_parity(folder: Path, cached: CachedModel, *, spec: Any = None, sampler
     graph on failure."""
     from ..runtime.ort import OrtRunner
 
-    manifest = load_manifest(folder)
-    runner = OrtRunner(folder, optimization="disabled")
+    runner = OrtRunner(folder, optimization="disabled")  # loads and verifies the manifest
+    manifest = runner.manifest
     cm = cached.cacheable
     gen = torch.Generator().manual_seed(0)
-    recorded = _recorded_step_inputs(cached, spec, sampler) if spec is not None and sampler is not None else {}
+    trajectory = spec is not None and sampler is not None
+    recorded, torch_images = _recorded_trajectory(cached, spec, sampler, seed=123) if trajectory else ({}, None)
     worst_graph = 0.0
     for g in manifest.graphs:
         gid = g["id"]
@@ -408,13 +413,10 @@ def check_parity(folder: Path, cached: CachedModel, *, spec: Any = None, sampler
                     f"{diff:.2e} in ONNX Runtime (atol 1e-5, rtol 1e-5); the export is not kept"
                 )
     out: dict[str, Any] = {"graph_atol": 1e-5, "graph_rtol": 1e-5, "graph_max_abs_diff": worst_graph}
-    if spec is not None and sampler is not None:
+    if trajectory:
         from ..sampling import generate
 
         ort_images, _ = generate(spec, runner, num=2, steps=sampler.num_steps, seed=123, sampler=sampler, clamp=False)
-        torch_images, _ = generate(
-            spec, spec.denoiser(cached), num=2, steps=sampler.num_steps, seed=123, sampler=sampler, clamp=False
-        )
         diff = float((ort_images - torch_images).abs().max())
         out.update({"trajectory_atol": 1e-4, "trajectory_rtol": 1e-2, "trajectory_max_abs_diff": diff})
         if not torch.allclose(ort_images, torch_images, atol=1e-4, rtol=1e-2):

@@ -89,14 +89,14 @@ def bench_engine(
     elif runtime == "ort":
         from .ort import OrtRunner
 
-        cached = OrtRunner(folder, threads=threads)
-        full = OrtRunner(folder, threads=threads, full_compute=True)
+        cached = OrtRunner(folder, manifest, threads=threads)
+        full = OrtRunner(folder, manifest, threads=threads, full_compute=True)
         cached.check_timesteps(sampler.timesteps)
     else:
         from .tensorrt import TensorRTRunner
 
-        cached = TensorRTRunner(folder)
-        full = TensorRTRunner(folder, full_compute=True)
+        cached = TensorRTRunner(folder, manifest)
+        full = TensorRTRunner(folder, manifest, full_compute=True)
     noise = spec.noise(images, seed=0)
     cond, null = spec.conditions(images, seed=0)
     for _ in range(warmup):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import RuntimeBackendError
+from ..exporters.manifest import Manifest
 from .base import EngineRunner
 
 __all__ = ["OrtRunner", "default_providers"]
@@ -36,6 +37,7 @@ class OrtRunner(EngineRunner):
     def __init__(
         self,
         folder: str | os.PathLike[str],
+        manifest: Manifest | None = None,
         *,
         providers: list[str] | None = None,
         threads: int | None = None,
@@ -43,7 +45,7 @@ class OrtRunner(EngineRunner):
         full_compute: bool = False,
         spinning: bool = False,
     ):
-        super().__init__(folder, full_compute=full_compute)
+        super().__init__(folder, manifest, full_compute=full_compute)
         if self.manifest.kind != "onnx":
             raise RuntimeBackendError(f"{folder} holds {self.manifest.kind} engines; open it with runtime 'trt'")
         import onnxruntime as ort

@@ -14,14 +14,15 @@ import numpy as np
 import torch
 
 from ..errors import RuntimeBackendError
+from ..exporters.manifest import Manifest
 from .base import EngineRunner
 
 __all__ = ["TensorRTRunner"]
 
 
 class TensorRTRunner(EngineRunner):
-    def __init__(self, folder: str | os.PathLike[str], *, full_compute: bool = False):
-        super().__init__(folder, full_compute=full_compute)
+    def __init__(self, folder: str | os.PathLike[str], manifest: Manifest | None = None, *, full_compute: bool = False):
+        super().__init__(folder, manifest, full_compute=full_compute)
         if self.manifest.kind != "tensorrt":
             raise RuntimeBackendError(
                 f"{folder} holds {self.manifest.kind} graphs, not TensorRT engines; use runtime 'ort'"

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import fora_schedule_dir
 
 from harmonica_compile.cli import main
 from harmonica_compile.exporters.manifest import load_manifest
@@ -20,26 +21,7 @@ TESTS = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_sigkill_during_export_keeps_the_previous_folder(tmp_path):
-    assert (
-        main(
-            [
-                "optimize",
-                "--model",
-                "helpers:tiny_spec",
-                "--steps",
-                "4",
-                "--method",
-                "fora",
-                "--target-cur",
-                "0.5",
-                "--no-eval",
-                "--quiet",
-                "--out",
-                str(tmp_path / "sched"),
-            ]
-        )
-        == 0
-    )
+    fora_schedule_dir(tmp_path / "sched")
     eng = tmp_path / "eng"
     assert main(["export", str(tmp_path / "sched"), "--model", "helpers:tiny_spec", "--out", str(eng)]) == 0
     before = {p.name: p.read_bytes() for p in eng.iterdir()}

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import fora_schedule_dir
 
 from harmonica_compile.cli import main
 
@@ -15,25 +16,7 @@ MODEL = ["--model", "helpers:tiny_spec"]
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    assert (
-        main(
-            [
-                "optimize",
-                *MODEL,
-                "--steps",
-                "4",
-                "--method",
-                "fora",
-                "--target-cur",
-                "0.5",
-                "--no-eval",
-                "--quiet",
-                "--out",
-                str(root / "sched"),
-            ]
-        )
-        == 0
-    )
+    fora_schedule_dir(root / "sched")
     return root
 
 
