@@ -432,3 +432,13 @@ def test_debug_prints_the_traceback(capsys):
 
 def test_catalog_size():
     assert len(CASE_IDS) + len(CLI_CASES) >= 30
+
+
+def test_model_construction_and_condition_errors_are_harmonica_errors():
+    from harmonica_compile.models import DiT_models
+    from harmonica_compile.sampling.guidance import cat_conditions
+
+    with pytest.raises(errors.ConfigError, match="not divisible by patch_size 2"):
+        DiT_models["DiT-S/2"](input_size=7)
+    with pytest.raises(errors.InputError, match="conditions must be tensors"):
+        cat_conditions([1, 2], [3, 4])

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 __all__ = [
     "DiT",
     "DiTBlock",
@@ -59,7 +61,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"hidden size must be divisible by num_heads, got {dim} and {num_heads}")
+            raise ConfigError(f"hidden size {dim} is not divisible by num_heads {num_heads}; pick another head count")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -187,7 +189,9 @@ class DiT(nn.Module):
     ):
         super().__init__()
         if input_size % patch_size:
-            raise ValueError(f"input_size must be divisible by patch_size, got {input_size} and {patch_size}")
+            raise ConfigError(
+                f"input_size {input_size} is not divisible by patch_size {patch_size}; pick another input size"
+            )
         self.input_size = input_size
         self.learn_sigma = learn_sigma
         self.in_channels = in_channels

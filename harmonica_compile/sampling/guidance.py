@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ..errors import InputError
+
 __all__ = ["cat_conditions", "guide", "split_learned_sigma", "uses_cfg"]
 
 
@@ -26,7 +28,9 @@ def cat_conditions(cond: Any, null: Any) -> Any:
         return torch.cat([cond, null], dim=0)
     if isinstance(cond, Mapping):
         return {k: (None if cond[k] is None else cat_conditions(cond[k], null[k])) for k in cond}
-    raise TypeError(f"conditions must be tensors or dicts of tensors, got {type(cond).__name__}")
+    raise InputError(
+        f"conditions must be tensors or dicts of tensors, got {type(cond).__name__}; pass class labels as a tensor"
+    )
 
 
 def split_learned_sigma(out: torch.Tensor, channels: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from .runner import StepRunner
 
 __all__ = ["compute_lambda", "normalize_lambda"]
@@ -54,7 +55,7 @@ def compute_lambda(
             lam[t] = (x0_t.double() - prev.double()).pow(2).sum()
             prev = x0_t
         return lam
-    raise ValueError(f"unknown lambda mode {mode!r}")
+    raise ConfigError(f"unknown lambda mode {mode!r}; use 'paper', 'incremental' or 'none'")
 
 
 def normalize_lambda(lam: torch.Tensor, floor: float) -> torch.Tensor:
