@@ -30,6 +30,10 @@ from .errors import ConfigError, HarmonicaError
 __all__ = ["build_parser", "main"]
 
 DEFAULT_MODEL = "tiny-dit-digits"
+_PROVIDERS_HELP = (
+    "ONNX Runtime execution providers in order, comma-separated (default: CUDAExecutionProvider when "
+    "offered, else CPUExecutionProvider; TensorrtExecutionProvider only when named)"
+)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -136,12 +140,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.engine:
         from .runtime import open_engine
 
-        runner = open_engine(args.engine, runtime=args.runtime)
+        options = {} if args.providers is None else {"providers": args.providers.split(",")}
+        if options and args.runtime == "trt":
+            raise ConfigError("--providers chooses ONNX Runtime execution providers; --runtime trt takes none")
+        runner = open_engine(args.engine, runtime=args.runtime, **options)
         spec = load_model(runner.manifest.model_source if args.model is None else args.model)
         runner.check_model(spec.name)
         steps = runner.num_steps if args.steps is None else args.steps
         runner.check_steps(steps)
         denoise = runner
+        note = getattr(runner, "provider_note", None)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     else:
         spec = load_model(args.model or DEFAULT_MODEL)
         steps = spec.default_steps if args.steps is None else args.steps
@@ -158,6 +168,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.quiet,
     )
+    if args.engine:
+        print(f"ran on {denoise.describe()}")
     meta = {
         "model": spec.name,
         "steps": steps,
@@ -316,6 +328,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from .api import cached_for_spec
+    from .exporters.config import ExportConfig
     from .models.registry import load_model
     from .schedule import CacheSchedule
 
@@ -327,19 +340,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     spec = load_model(name)
     cached = cached_for_spec(spec, schedule)
     sampler = spec.sampler(schedule.num_steps)
+    config = ExportConfig(
+        opset=args.opset, max_batch=args.max_batch, opt_batch=args.opt_batch, fp16=args.fp16, tf32=args.tf32
+    )
     t0 = time.perf_counter()
     if args.format == "onnx":
         from .exporters.onnx import export_onnx
 
+        if args.fp16 or args.tf32:
+            raise ConfigError("--fp16 and --tf32 set TensorRT engine precision; pass them with --format tensorrt")
         manifest = export_onnx(
-            cached,
-            args.out,
-            model_name=spec.name,
-            sampler=sampler,
-            spec=spec,
-            opset=args.opset,
-            max_batch=args.max_batch,
-            check=not args.no_check,
+            cached, args.out, model_name=spec.name, sampler=sampler, spec=spec, config=config, check=not args.no_check
         )
     else:
         from .exporters.tensorrt import export_tensorrt
@@ -350,11 +361,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             model_name=spec.name,
             sampler=sampler,
             spec=spec,
-            opset=args.opset,
-            max_batch=args.max_batch,
-            opt_batch=args.opt_batch,
-            fp16=args.fp16,
+            config=config,
             onnx_dir=args.onnx_dir,
+            check=not args.no_check,
         )
     seconds = time.perf_counter() - t0
     total = sum(p.stat().st_size for p in Path(args.out).iterdir() if p.is_file())
@@ -382,6 +391,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         cfg_scale=args.cfg_scale,
         model=args.model,
+        providers=None if args.providers is None else args.providers.split(","),
     )
     print(format_bench(result))
     print(f"wrote {Path(args.engine) / 'bench.json'}")
@@ -437,9 +447,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cached = cached_for_spec(spec, str(schedule_path))
     print("[2/4] exporting one ONNX graph per distinct step mask (with the parity gate)")
     t0 = time.perf_counter()
-    manifest = export_onnx(
-        cached, out / "onnx", model_name=spec.name, sampler=spec.sampler(args.steps), spec=spec, max_batch=64
-    )
+    manifest = export_onnx(cached, out / "onnx", model_name=spec.name, sampler=spec.sampler(args.steps), spec=spec)
     export_s = time.perf_counter() - t0
     print("[3/4] benchmarking cached against full compute (same run)")
     bench = {
@@ -523,6 +531,8 @@ def _add_common_sampling(p: argparse.ArgumentParser, *, model_default: str | Non
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .exporters.config import DEFAULT_MAX_BATCH, DEFAULT_OPSET
+
     parser = argparse.ArgumentParser(
         prog="harmonica-compile",
         description="Learned feature caching (HarmoniCa) for Diffusion Transformers, compiled per step.",
@@ -546,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default=None, help="schedule.json (or its folder) to sample through a CachedModel")
     p.add_argument("--engine", default=None, help="an exported folder (ONNX or TensorRT) to sample with")
     p.add_argument("--runtime", default="auto", choices=["auto", "ort", "trt"], help="runtime for --engine")
+    p.add_argument("--providers", default=None, help=_PROVIDERS_HELP)
     p.add_argument("--out", required=True, help="output .npz with images (N x C x H x W in [-1, 1]) and labels")
     p.add_argument("--grid", default=None, help="also write a PNG grid of the samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -589,10 +600,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"])
     p.add_argument("--out", required=True, help="the folder to write (replaced as a whole, atomically)")
     p.add_argument("--model", default=None, help="the model (default: the one the schedule names)")
-    p.add_argument("--opset", type=_positive_int, default=18)
-    p.add_argument("--max-batch", type=_positive_int, default=64, help="largest batch (the model sees 2x with CFG)")
-    p.add_argument("--opt-batch", type=_positive_int, default=None, help="TensorRT: batch the profile optimizes for")
+    p.add_argument("--opset", type=_positive_int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument(
+        "--max-batch",
+        type=_positive_int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"largest model batch a graph takes, i.e. images x2 with guidance (default {DEFAULT_MAX_BATCH}); "
+        "sample --engine and bench split larger runs to fit",
+    )
+    p.add_argument(
+        "--opt-batch", type=_positive_int, default=None, help="batch TensorRT optimizes for (default: --max-batch)"
+    )
     p.add_argument("--fp16", action="store_true", help="TensorRT 10: build fp16 engines (TensorRT 11: see README)")
+    p.add_argument("--tf32", action="store_true", help="TensorRT: let fp32 layers use TF32 (off: fp32 means fp32)")
     p.add_argument("--onnx-dir", default=None, help="TensorRT: reuse an ONNX export instead of exporting again")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity gate")
     p.add_argument("--threads", type=_positive_int, default=2)
@@ -601,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="latency of an exported schedule against full compute, in one run")
     p.add_argument("engine", help="an exported folder")
     p.add_argument("--runtime", default="ort", choices=["torch", "ort", "trt"])
+    p.add_argument("--providers", default=None, help=_PROVIDERS_HELP)
     p.add_argument("--images", type=_positive_int, default=8, help="images per sampling run (default 8)")
     p.add_argument("--model", default=None, help="the model (default: the one the folder was exported from)")
     p.add_argument("--repeat", type=_positive_int, default=5)

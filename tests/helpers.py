@@ -137,3 +137,88 @@ def fora_schedule_dir(out) -> None:
 
     argv = ["optimize", "--model", "helpers:tiny_spec", "--steps", "4", "--method", "fora", "--target-cur", "0.5"]
     assert main([*argv, "--no-eval", "--quiet", "--out", str(out)]) == 0
+
+
+# ------------------------------------------------------------------ float32 equivalence tolerances
+#: Unit roundoff of float32 (round to nearest): one rounding has relative error at most 2**-24.
+U32 = 2.0**-24
+
+
+def fp32_atol(reference: torch.Tensor, roundings: int) -> float:
+    """Largest difference two float32 evaluations of the same function can show, to first order.
+
+    An evaluation that rounds at most ``roundings`` times along its longest dependency chain has a
+    relative error of at most ``roundings * u`` (u = 2**-24; the first-order forward error bound
+    ``gamma_n = n u / (1 - n u)``), measured at the magnitude of the values it carries. Two such
+    evaluations (eager and a captured graph, two kernels, two summation orders) differ by at most
+    ``2 * roundings * u * max|values|``. The tests' models are fan-in scaled (:func:`randomize_`),
+    so their activations are O(1): ``max|values|`` is taken as ``max(max|reference|, 1)``. Any
+    amplification beyond that (the sin/cos of a large timestep argument, guidance, a sampler's
+    coefficients) is the caller's to count; :func:`dit_roundings` counts one DiT forward.
+    """
+    return 2 * roundings * U32 * max(float(reference.detach().abs().max()), 1.0)
+
+
+def dit_roundings(
+    *,
+    hidden: int,
+    depth: int,
+    mlp_hidden: int,
+    tokens: int,
+    head_dim: int,
+    patch_in: int,
+    context_tokens: int = 0,
+    context_in: int = 0,
+    freq: int = 256,
+    t_max: int = 1000,
+) -> int:
+    """Roundings along the longest dependency chain of one forward of a DiT-style transformer.
+
+    A length-K dot product or reduction counts K (sequential summation, the worst case), an
+    elementwise op 1; the stages are added up, which bounds the longest chain from above:
+
+    - timestep: ``t * exp(-log(P) * k / half)`` rounds 4 times and sin/cos scale the argument's
+      error by the argument itself (<= ``t_max``): ``4 * t_max``; then the embedding MLP
+      (``freq``, ``hidden``) and the adaLN linear (``hidden``), with SiLUs (3 each);
+    - patch embedding: the ``patch_in``-long convolution and the position embedding (1);
+    - per block: two layer norms (``2 * hidden + 5`` each: mean, variance, eps, rsqrt, scale), two
+      modulations (2 each), self-attention (q/k/v ``hidden``, scale 1, q.k ``head_dim``, softmax
+      ``tokens + 3``, weights.v ``tokens``, out projection ``hidden``), a cross-attention of the
+      same shape over ``context_tokens`` when there is one, the MLP (``hidden``, tanh-GELU 8,
+      ``mlp_hidden``), gates and residual adds (4);
+    - a context projection (``context_in``, GELU 8, ``hidden``) when there is a context;
+    - final layer: layer norm, modulation (2), linear (``hidden``).
+    """
+    layer_norm = 2 * hidden + 5
+
+    def attention(keys: int) -> int:
+        return hidden + 1 + head_dim + (keys + 3) + keys + hidden
+
+    cond = 4 * t_max + 1 + freq + 3 + hidden + 3 + hidden
+    embed = patch_in + 1
+    block = 2 * layer_norm + 2 * 2 + attention(tokens) + hidden + 8 + mlp_hidden + 4
+    context = 0
+    if context_tokens:
+        block += attention(context_tokens) + 1
+        context = context_in + 8 + hidden
+    final = layer_norm + 2 + hidden
+    return cond + embed + context + depth * block + final
+
+
+def tiny_roundings(name: str, depth: int = 2) -> int:
+    """:func:`dit_roundings` of one forward of the small models above, at ``depth`` blocks.
+
+    ``reference-dit`` (:func:`tiny_reference_dit`: DiT-S/4 on 8x8x4 latents, hidden 384, 6 heads,
+    4 tokens, MLP 1536, 4x4x4 patches), ``diffusers-dit`` and ``pixart-alpha``
+    (:func:`tiny_diffusers_dit`, :func:`tiny_pixart`: hidden 16, 2 heads, 16 tokens, MLP 64, 2x2x4
+    patches; PixArt adds 5 caption tokens of 12 channels, or up to 16 in a pipeline) and
+    ``tiny-spec`` (:func:`tiny_spec`: hidden 64, 4 heads, 4 tokens, MLP 256, 4x4x2 patches).
+    """
+    small = {"hidden": 16, "mlp_hidden": 64, "tokens": 16, "head_dim": 8, "patch_in": 16}
+    shapes = {
+        "reference-dit": {"hidden": 384, "mlp_hidden": 1536, "tokens": 4, "head_dim": 64, "patch_in": 64},
+        "diffusers-dit": small,
+        "pixart-alpha": {**small, "context_tokens": 16, "context_in": 12},
+        "tiny-spec": {"hidden": 64, "mlp_hidden": 256, "tokens": 4, "head_dim": 16, "patch_in": 32},
+    }
+    return dit_roundings(depth=depth, **shapes[name])

@@ -6,12 +6,14 @@ import pytest
 import torch
 from helpers import (
     diffusers_dit_inputs,
+    fp32_atol,
     output_tensor,
     pixart_inputs,
     ref_inputs,
     tiny_diffusers_dit,
     tiny_pixart,
     tiny_reference_dit,
+    tiny_roundings,
 )
 from torch import nn
 
@@ -48,6 +50,9 @@ def _call(model, inputs):
 @pytest.mark.parametrize("example_batch", [1, 2], ids=["example-b1", "example-b2"])
 @pytest.mark.parametrize("name", list(MODELS))
 def test_capture_matches_eager_at_any_batch(name, example_batch):
+    """The captured graph and eager evaluate the same function in float32: within
+    ``fp32_atol(out, R)``, R = tiny_roundings(name), one forward's chain (14907 roundings for the
+    reference DiT, 4859 / 5049 for the diffusers DiT / PixArt; see helpers.dit_roundings)."""
     make, make_inputs = MODELS[name]
     model = make()
     cap = capture(model, make_inputs(example_batch))
@@ -57,7 +62,7 @@ def test_capture_matches_eager_at_any_batch(name, example_batch):
             want = output_tensor(_call(model, inputs))
             got = _call(cap, inputs)
         assert type(got) is type(_call(model, inputs))  # the diffusers output object, a tensor, ...
-        assert (output_tensor(got) - want).abs().max() <= 1e-5
+        assert (output_tensor(got) - want).abs().max() <= fp32_atol(want, tiny_roundings(name))
 
 
 def test_capture_graph_is_flat_and_clean():
@@ -76,22 +81,26 @@ def test_capture_graph_is_flat_and_clean():
 
 
 def test_capture_keeps_tuple_outputs_with_return_dict_false():
+    """Same function, float32: within ``fp32_atol(out, 4859)`` (one diffusers-DiT forward)."""
     model = tiny_diffusers_dit()
     inputs = {**diffusers_dit_inputs(), "return_dict": False}
     cap = capture(model, inputs)
     out = cap(**inputs)
     assert isinstance(out, tuple) and len(out) == 1
-    assert (out[0] - model(**inputs)[0]).abs().max() <= 1e-5
+    want = model(**inputs)[0]
+    assert (out[0] - want).abs().max() <= fp32_atol(want, tiny_roundings("diffusers-dit"))
 
 
 def test_capture_accepts_positional_keyword_and_mixed_inputs():
+    """Same function, float32: within ``fp32_atol(out, 14907)`` (one reference-DiT forward)."""
     model = tiny_reference_dit()
     x, t, y = ref_inputs()
     want = model(x, t, y)
+    atol = fp32_atol(want, tiny_roundings("reference-dit"))
     for example in [(x, t, y), {"x": x, "t": t, "y": y}, ((x,), {"t": t, "y": y})]:
         cap = capture(model, example)
-        assert (cap(x, t=t, y=y) - want).abs().max() <= 1e-6
-        assert (cap(x, t, y) - want).abs().max() <= 1e-6
+        assert (cap(x, t=t, y=y) - want).abs().max() <= atol
+        assert (cap(x, t, y) - want).abs().max() <= atol
 
 
 def test_capture_does_not_touch_the_users_model():

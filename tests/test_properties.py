@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from helpers import randomize_
+from helpers import dit_roundings, fp32_atol, randomize_
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +46,9 @@ def masks(draw, num_sites):
 @SETTINGS
 @given(config=configs(), data=st.data(), batch=st.integers(1, 3), seed=st.integers(0, 1000))
 def test_cached_model_equals_forward_hooks(config, data, batch, seed):
+    """Both models are fed the hooks' latents. One forward rounds at most R times along its longest
+    chain (helpers.dit_roundings of this config); step i also reads values cached in earlier steps,
+    each the end of an earlier forward's chain, so it is within ``fp32_atol(out, (i + 1) * R)``."""
     model = randomize_(DiT(**config), seed).eval()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, config["in_channels"], 8, 8, generator=gen)
@@ -57,17 +60,25 @@ def test_cached_model_equals_forward_hooks(config, data, batch, seed):
     cached = hc.optimize(cm, schedule=schedule)
     for g in cached.graphs:  # every specialized graph passes lint and our invariants
         check_graph(g, pass_name="property-test")
+    hidden, patch = config["hidden_size"], config["patch_size"]
+    rounds = dit_roundings(
+        hidden=hidden,
+        depth=config["depth"],
+        mlp_hidden=int(hidden * config["mlp_ratio"]),
+        tokens=(8 // patch) ** 2,
+        head_dim=hidden // config["num_heads"],
+        patch_in=config["in_channels"] * patch**2,
+    )
     sampler = DDIMSampler(schedule.num_steps)
     hooks = HookCachedModel(model, schedule)
-    xa = xb = x
+    xa = x
     try:
         for i, t in enumerate(sampler.timesteps):
             tt = torch.full((batch,), t)
             with torch.no_grad():
-                a, b = model(xa, tt, y), cached(xb, tt, y)
-            assert (a - b).abs().max() <= 1e-5
+                a, b = model(xa, tt, y), cached(xa, tt, y)
+            assert (a - b).abs().max() <= fp32_atol(a, (i + 1) * rounds)
             xa = sampler.step(a[:, : config["in_channels"]], i, xa)
-            xb = sampler.step(b[:, : config["in_channels"]], i, xb)
     finally:
         hooks.close()
 

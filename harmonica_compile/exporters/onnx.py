@@ -11,16 +11,22 @@ costs a full export, ~5 s, per graph; specializing at the ONNX level costs milli
    its fresh or its cache input, dead nodes and unused inputs and initializers are pruned, and the
    ``fresh`` value of every site a later step reads becomes the output ``new_cache.<site>``.
 
+Settings (opset, batch profile) come from one :class:`~harmonica_compile.exporters.config.ExportConfig`.
 Opset 18 (what torch's dynamo exporter targets): attention is exported as MatMul/Softmax, which
 every TensorRT 10.x parser reads and fuses; the ONNX ``Attention`` op needs opset 23 and
 TensorRT >= 10.14, so it is not used.
 
+The folder also holds ``example_inputs.safetensors``: the model inputs of the capture (latent,
+timestep, conditions at the capture batch), valid by construction, from which tools that need
+real input values (``trtexec --loadInputs``, warm-up) build theirs.
+
 The parity gate (:func:`check_parity`) runs before the folder is moved into place: every graph in
-ONNX Runtime with graph optimizations off against its specialized torch graph (atol 1e-5), and a
-whole trajectory against the torch :class:`~harmonica_compile.CachedModel` (atol 1e-4, rtol 1e-2). Graphs are
-checked on the inputs and caches they get in a real trajectory, with optimum's tolerance (atol 1e-5,
-and numpy's default rtol 1e-5).
-A folder that fails is never left behind.
+ONNX Runtime's **CPU provider** with graph optimizations off against its specialized torch graph
+(atol 1e-5), and a whole trajectory against the torch :class:`~harmonica_compile.CachedModel`
+(atol 1e-4, rtol 1e-2). Graphs are checked on the inputs and caches they get in a real
+trajectory, with optimum's tolerance (atol 1e-5, and numpy's default rtol 1e-5). The CPU provider
+whatever the machine: the CUDA and TensorRT providers compute fp32 matmuls in TF32 by default
+(~1e-4 relative error), which no 1e-5 gate can pass. A folder that fails is never left behind.
 """
 
 from __future__ import annotations
@@ -39,13 +45,14 @@ import torch
 
 from ..cached_model import CachedModel
 from ..errors import ExportError
-from ..io import atomic_dir, sha256_file
+from ..io import atomic_dir, save_safetensors, sha256_file
+from .config import DEFAULT_OPSET, ExportConfig
 from .manifest import MANIFEST_FORMAT, MANIFEST_VERSION, Manifest, load_manifest, tool_versions
 
-__all__ = ["DEFAULT_OPSET", "export_onnx", "specialize_onnx"]
+__all__ = ["DEFAULT_OPSET", "EXAMPLE_INPUTS_FILE", "check_parity", "export_onnx", "specialize_onnx"]
 
-DEFAULT_OPSET = 18
 WEIGHTS_FILE = "weights.bin"
+EXAMPLE_INPUTS_FILE = "example_inputs.safetensors"
 _INLINE_BYTES = 64  # initializers smaller than this (shape constants) stay inside each graph file
 _ALIGN = 64
 
@@ -74,7 +81,9 @@ def _export_routed(cached: CachedModel, opset: int, max_batch: int) -> Any:
     args = (*example, *cache.values(), mask)
     names = list(hard.meta["harmonica_input_names"])
     outputs = list(hard.meta["harmonica_output_names"])
-    dim = torch.export.Dim("batch", min=1, max=max_batch)
+    # The graph is traced at the capture batch; the exported dimension is symbolic either way, and
+    # the manifest's batch range (checked by every runner) is what limits the calls.
+    dim = torch.export.Dim("batch", min=1, max=max(max_batch, batch))
     dynamic = [({0: dim} if spec.batched else None) for spec in cm.captured.tensor_inputs]
     dynamic += [{0: dim}] * len(cache) + [None]
     # torch.onnx logs one warning per torchvision op it cannot register when torchvision is
@@ -252,16 +261,20 @@ def export_onnx(
     model_name: str,
     sampler: Any,
     spec: Any = None,
-    opset: int = DEFAULT_OPSET,
-    max_batch: int = 1024,
+    config: ExportConfig | None = None,
     check: bool = True,
     progress: bool = True,
+    **overrides: Any,
 ) -> Manifest:
-    """Export ``cached``'s schedule as an ONNX folder at ``out`` (atomically); return its manifest."""
+    """Export ``cached``'s schedule as an ONNX folder at ``out`` (atomically); return its manifest.
+
+    ``config`` (or keyword ``overrides`` of its fields, e.g. ``max_batch=16``) sets the opset and
+    the batch range; ``check=False`` skips the parity gate.
+    """
     import onnx
 
-    if opset < 17:
-        raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset >= 17; use {DEFAULT_OPSET}")
+    config = (config or ExportConfig()).replace(**overrides)
+    opset, max_batch = config.opset, config.max_batch
     schedule = cached.schedule
     timesteps = [float(t) for t in sampler.timesteps]
     if len(timesteps) != schedule.num_steps:
@@ -273,6 +286,15 @@ def export_onnx(
     num_model_inputs = len(cached.cacheable.captured.input_names)
     with atomic_dir(out) as tmp:
         refs = _externalize(base, tmp)
+        captured = cached.cacheable.captured
+        save_safetensors(
+            tmp / EXAMPLE_INPUTS_FILE,
+            {
+                n: t.detach().cpu().contiguous()
+                for n, t in zip(captured.input_names, captured.example_inputs, strict=True)
+            },
+            metadata={"format": "harmonica-compile/example-inputs", "batch": str(captured.batch_size)},
+        )
         graphs = []
         t1 = time.perf_counter()
         for gid in range(cached.num_graphs):
@@ -310,7 +332,6 @@ def export_onnx(
             {"index": i, "timestep": timesteps[i], "graph": cached.graph_of_step(i), "mask": list(schedule.mask[i])}
             for i in range(schedule.num_steps)
         ]
-        captured = cached.cacheable.captured
         data = {
             "format": MANIFEST_FORMAT,
             "format_version": MANIFEST_VERSION,
@@ -331,9 +352,14 @@ def export_onnx(
                 "meta": dict(schedule.meta),
                 "theoretical_speedup": cached.theoretical_speedup,
             },
-            "batch": {"min": 1, "opt": captured.batch_size, "max": max_batch},
+            "batch": config.batch,
+            "export_config": config.to_json(),
             "weights": {"file": WEIGHTS_FILE, "tensors": len(refs)},
-            "files": {WEIGHTS_FILE: sha256_file(tmp / WEIGHTS_FILE)},
+            "example_inputs": EXAMPLE_INPUTS_FILE,
+            "files": {
+                WEIGHTS_FILE: sha256_file(tmp / WEIGHTS_FILE),
+                EXAMPLE_INPUTS_FILE: sha256_file(tmp / EXAMPLE_INPUTS_FILE),
+            },
             "steps": steps,
             "graphs": graphs,
             "timing": {"export_seconds": round(export_seconds, 3), "specialize_seconds": round(specialize_seconds, 3)},
@@ -381,9 +407,10 @@ def check_parity(folder: Path, cached: CachedModel, *, spec: Any = None, sampler
     inputs it gets in a real trajectory (random inputs when no model spec is given), then a whole
     trajectory against the torch CachedModel (atol 1e-4, rtol 1e-2); raise ExportError naming the
     graph on failure."""
-    from ..runtime.ort import OrtRunner
+    from ..runtime.ort import CPU_PROVIDER, OrtRunner
 
-    runner = OrtRunner(folder, optimization="disabled")  # loads and verifies the manifest
+    # the CPU provider, whatever this machine offers: see the module docstring
+    runner = OrtRunner(folder, providers=[CPU_PROVIDER], optimization="disabled")  # verifies the manifest
     manifest = runner.manifest
     cm = cached.cacheable
     gen = torch.Generator().manual_seed(0)

@@ -112,7 +112,9 @@ class TimestepEmbedder(nn.Module):
         return embedding
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.timestep_embedding(t, self.frequency_embedding_size))
+        # the sinusoidal features are computed in float32 and cast to the weights' dtype (bf16/fp16 models)
+        freq = self.timestep_embedding(t, self.frequency_embedding_size)
+        return self.mlp(freq.to(self.mlp[0].weight.dtype))
 
 
 class LabelEmbedder(nn.Module):

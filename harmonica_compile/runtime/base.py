@@ -40,7 +40,9 @@ class EngineRunner:
         self._cache: dict[str, Any] = {}
         self._next = 0
         self._batch: int | None = None
-        self.batch_range = self.manifest.data.get("batch", {"min": 1, "max": 1 << 30})
+        #: The batch sizes the graphs take: ``{"min", "opt", "max"}`` from the manifest (model batch,
+        #: i.e. images x 2 with classifier-free guidance).
+        self.batch_range = dict(self.manifest.data.get("batch", {"min": 1, "max": 1 << 30}))
 
     # ------------------------------------------------------------------ facts
     @property
@@ -50,6 +52,16 @@ class EngineRunner:
     @property
     def num_steps(self) -> int:
         return self.manifest.num_steps
+
+    @property
+    def max_batch(self) -> int:
+        """The largest model batch one call takes; :func:`~harmonica_compile.sampling.generate` and
+        ``bench`` split their work to fit it."""
+        return int(self.batch_range.get("max", 1 << 30))
+
+    def describe(self) -> str:
+        """One line naming the runtime and the device it runs on (printed by the CLI)."""
+        return type(self).__name__
 
     def check_model(self, name: str) -> None:
         if name != self.model_name:
@@ -63,6 +75,11 @@ class EngineRunner:
                 f"{self.folder} holds a {self.num_steps}-step schedule; sampling with {steps} steps needs another "
                 f"export (or pass --steps {self.num_steps})"
             )
+
+    def check_sampler(self, sampler: Any) -> None:
+        """Refuse a sampler whose step count or timesteps are not the folder's, before any step runs."""
+        self.check_steps(int(sampler.num_steps))
+        self.check_timesteps(list(sampler.timesteps))
 
     def check_timesteps(self, timesteps: list[Any]) -> None:
         if [float(t) for t in timesteps] != self._timesteps:
@@ -96,7 +113,7 @@ class EngineRunner:
         if not lo <= batch <= hi:
             raise InputError(
                 f"input '{name}' has batch {batch}, outside the range [{lo}, {hi}] {self.folder} was built for; "
-                "export again with a larger max batch"
+                "split the batch (generate() and bench do) or export again with a larger --max-batch"
             )
 
     def _feeds(self, graph: Mapping[str, Any], x: torch.Tensor, t: torch.Tensor, cond: Any) -> dict[str, Any]:

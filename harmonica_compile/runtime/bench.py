@@ -1,7 +1,8 @@
 """``harmonica-compile bench``: latency of a cached schedule against full compute, same run.
 
-Each repeat samples one batch of images with full compute and then with the cached schedule
-(round-robin, so machine load affects both alike), timing every step. Reported: per-image and
+Each repeat samples the images with full compute and then with the cached schedule (round-robin,
+so machine load affects both alike) through the one sampling loop, timing every step with its
+callback; work is split into calls that fit the folder's batch profile. Reported: per-image and
 per-step latency (median over repeats), ``real_speedup`` = full / cached per image, and the
 ``theoretical_speedup`` of the schedule (FLOPs).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import torch
 from ..errors import ConfigError
 from ..exporters.manifest import load_manifest
 from ..io import atomic_write_json
+from ..sampling.guidance import uses_cfg
 from ..schedule import CacheSchedule
 
 __all__ = ["bench_engine", "schedule_of_manifest"]
@@ -34,24 +37,37 @@ def schedule_of_manifest(manifest: Any) -> CacheSchedule:
     )
 
 
-def _timed_loop(
-    denoise: Any, spec: Any, sampler: Any, noise: torch.Tensor, cond: Any, null: Any, cfg: float
+def _timed_run(
+    denoise: Any, sampler: Any, noise: torch.Tensor, cond: Any, null: Any, cfg: float, per_call: int
 ) -> list[float]:
-    """Run one sampling loop and return the seconds of every step (model call + sampler update)."""
-    from ..sampling import guided_output, model_inputs
+    """Sample every image through the one sampling loop, ``per_call`` images per call, and return
+    the seconds of every step (model call + sampler update), summed over the calls."""
+    from ..sampling import sample, slice_conditions
 
-    if hasattr(denoise, "reset"):
-        denoise.reset()
-    sampler.start()
-    x = noise * sampler.init_noise_sigma
-    times = []
-    with torch.no_grad():
-        for i in range(sampler.num_steps):
-            t0 = time.perf_counter()
-            x_in, t_in, c_in = model_inputs(sampler, x, i, cond, cfg, null)
-            out = denoise(x_in, t_in, c_in)
-            x = sampler.step(guided_output(out, x.shape[1], cfg), i, x)
-            times.append(time.perf_counter() - t0)
+    times = [0.0] * sampler.num_steps
+    marks: list[float] = []
+
+    def tick(_step: int, x: torch.Tensor) -> None:
+        if x.is_cuda:  # GPU work is asynchronous: a step ends when its kernels do
+            torch.cuda.synchronize(x.device)
+        marks.append(time.perf_counter())
+
+    for start in range(0, len(noise), per_call):
+        stop = min(start + per_call, len(noise))
+        marks.clear()
+        begin = time.perf_counter()
+        sample(
+            denoise,
+            noise[start:stop],
+            slice_conditions(cond, start, stop),
+            sampler,
+            cfg_scale=cfg,
+            null_cond=slice_conditions(null, start, stop),
+            callback=tick,
+        )
+        for i, mark in enumerate(marks):
+            times[i] += mark - begin
+            begin = mark
     return times
 
 
@@ -65,15 +81,23 @@ def bench_engine(
     threads: int = 2,
     cfg_scale: float | None = None,
     model: str | None = None,
+    providers: Sequence[str] | None = None,
     write: bool = True,
 ) -> dict[str, Any]:
-    """Benchmark an exported folder; writes ``folder/bench.json`` and returns it."""
+    """Benchmark an exported folder; writes ``folder/bench.json`` and returns it.
+
+    Work is split into calls that fit the folder's batch profile (``max_batch`` counts the model
+    batch, twice the images with guidance), so any ``images`` works with any export.
+    """
     from ..models.registry import load_model
+    from ..sampling import fit_batch
 
     if runtime not in ("torch", "ort", "trt"):
         raise ConfigError(f"runtime must be torch, ort or trt, got {runtime!r}")
     if images < 1 or repeat < 1:
         raise ConfigError(f"images and repeat must be >= 1, got {images} and {repeat}")
+    if providers is not None and runtime != "ort":
+        raise ConfigError(f"providers choose ONNX Runtime execution providers; runtime {runtime!r} takes none")
     torch.set_num_threads(threads)
     folder = Path(folder)
     manifest = load_manifest(folder)
@@ -86,26 +110,25 @@ def bench_engine(
 
         cached = spec.denoiser(cached_for_spec(spec, schedule))
         full = spec.denoiser(spec.model)
-    elif runtime == "ort":
-        from .ort import OrtRunner
-
-        cached = OrtRunner(folder, manifest, threads=threads)
-        full = OrtRunner(folder, manifest, threads=threads, full_compute=True)
-        cached.check_timesteps(sampler.timesteps)
     else:
-        from .tensorrt import TensorRTRunner
+        from . import open_engine
 
-        cached = TensorRTRunner(folder, manifest)
-        full = TensorRTRunner(folder, manifest, full_compute=True)
+        options: dict[str, Any] = {"threads": threads, "providers": providers} if runtime == "ort" else {}
+        cached = open_engine(folder, runtime, manifest=manifest, **options)
+        full = open_engine(folder, runtime, manifest=manifest, full_compute=True, **options)
+        for runner in (cached, full):
+            runner.check_model(spec.name)
+            runner.check_sampler(sampler)
+    per_call = fit_batch(cached, images, cfg)  # runners have a max_batch; torch modules none
     noise = spec.noise(images, seed=0)
     cond, null = spec.conditions(images, seed=0)
     for _ in range(warmup):
-        _timed_loop(full, spec, sampler, noise, cond, null, cfg)
-        _timed_loop(cached, spec, sampler, noise, cond, null, cfg)
+        _timed_run(full, sampler, noise, cond, null, cfg, per_call)
+        _timed_run(cached, sampler, noise, cond, null, cfg, per_call)
     full_runs, cached_runs = [], []
     for _ in range(repeat):
-        full_runs.append(_timed_loop(full, spec, sampler, noise, cond, null, cfg))
-        cached_runs.append(_timed_loop(cached, spec, sampler, noise, cond, null, cfg))
+        full_runs.append(_timed_run(full, sampler, noise, cond, null, cfg, per_call))
+        cached_runs.append(_timed_run(cached, sampler, noise, cond, null, cfg, per_call))
     full_img = statistics.median(sum(r) for r in full_runs) * 1000 / images
     cached_img = statistics.median(sum(r) for r in cached_runs) * 1000 / images
     per_step = []
@@ -129,10 +152,11 @@ def bench_engine(
         "model": manifest.model_name,
         "images": images,
         "cfg_scale": cfg,
-        "model_batch": images * (2 if cfg != 1.0 else 1),
+        "model_batch": per_call * (2 if uses_cfg(cfg) else 1),
+        "images_per_call": per_call,
         "repeat": repeat,
         "threads": threads,
-        "providers": getattr(cached, "providers", None),
+        "providers": _providers_used(runtime, cached),
         "full_ms_per_image": round(full_img, 4),
         "cached_ms_per_image": round(cached_img, 4),
         "real_speedup": real,
@@ -146,10 +170,17 @@ def bench_engine(
     return result
 
 
+def _providers_used(runtime: str, runner: Any) -> list[str]:
+    """What really ran: the providers ONNX Runtime's sessions report, TensorRT's version, or torch."""
+    if runtime == "torch":
+        return [f"torch {torch.__version__} eager"]
+    return list(getattr(runner, "active_providers", None) or runner.providers)
+
+
 def format_bench(result: dict[str, Any]) -> str:
     lines = [
-        f"{result['model']} on {result['runtime']}: {result['images']} images (model batch {result['model_batch']}), "
-        f"{result['repeat']} repeats, {result['threads']} threads",
+        f"{result['model']} on {result['runtime']} ({', '.join(result['providers'])}): {result['images']} images "
+        f"(model batch {result['model_batch']} per call), {result['repeat']} repeats, {result['threads']} threads",
         f"full   {result['full_ms_per_image']:.3f} ms/image",
         f"cached {result['cached_ms_per_image']:.3f} ms/image  (CUR {result['cur']:.2f})",
         f"real speedup {result['real_speedup']:.2f}x, theoretical {result['theoretical_speedup']:.2f}x, "

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from .ddim import DDIMSampler, linear_betas, respace_timesteps
 from .diffusers_adapter import DiffusersSampler
-from .generate import generate, sample_set
-from .guidance import cat_conditions, guide, split_learned_sigma, uses_cfg
+from .generate import fit_batch, generate, sample_set
+from .guidance import cat_conditions, guide, slice_conditions, split_learned_sigma, uses_cfg
 from .loop import Sampler, guided_output, model_inputs, sample
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "DiffusersSampler",
     "Sampler",
     "cat_conditions",
+    "fit_batch",
     "generate",
     "guide",
     "guided_output",
@@ -21,6 +22,7 @@ __all__ = [
     "respace_timesteps",
     "sample",
     "sample_set",
+    "slice_conditions",
     "split_learned_sigma",
     "uses_cfg",
 ]

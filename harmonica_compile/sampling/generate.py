@@ -1,7 +1,10 @@
 """Generate a set of samples from a model spec: fixed noise and labels per seed, in batches.
 
-The same ``seed`` gives the same noise and labels whatever runs the model, so samples from full
-compute, a cached schedule, ONNX Runtime or TensorRT are comparable image by image.
+The same ``seed`` gives the same noise and conditions whatever runs the model and however the work
+is split into batches, so samples from full compute, a cached schedule, ONNX Runtime or TensorRT
+are comparable image by image. A ``denoise`` with a ``max_batch`` (an exported folder's runner)
+gets batches that fit it: classifier-free guidance doubles the model batch, so at most
+``max_batch // 2`` images per call then.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .guidance import slice_conditions, uses_cfg
 
-__all__ = ["generate", "sample_set"]
+__all__ = ["fit_batch", "generate", "sample_set"]
 
 
 def sample_set(spec: Any, num: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -23,6 +27,21 @@ def sample_set(spec: Any, num: int, seed: int = 0) -> tuple[torch.Tensor, torch.
     noise = spec.noise(num, seed=seed)
     labels = None if spec.num_classes is None else torch.arange(num) % spec.num_classes
     return noise, labels
+
+
+def fit_batch(denoise: Any, batch_size: int, cfg_scale: float) -> int:
+    """Images per call so that the model batch fits ``denoise.max_batch`` (when it has one)."""
+    limit = getattr(denoise, "max_batch", None)
+    if limit is None:
+        return batch_size
+    per_model_batch = 2 if uses_cfg(cfg_scale) else 1
+    fits = int(limit) // per_model_batch
+    if fits < 1:
+        raise ConfigError(
+            f"the engine takes a model batch of at most {limit}, and guidance (cfg_scale {cfg_scale:g}) doubles "
+            "the batch, so not even one image fits; export with --max-batch 2 or more, or sample with --cfg-scale 1"
+        )
+    return min(batch_size, fits)
 
 
 def generate(
@@ -55,19 +74,26 @@ def generate(
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     sampler = spec.sampler(steps) if sampler is None else sampler
     denoise = spec.denoiser(spec.model) if denoise is None else denoise
+    batch_size = fit_batch(denoise, batch_size, cfg_scale)
+    check = getattr(denoise, "check_sampler", None)
+    if callable(check):
+        check(sampler)
     noise, labels = sample_set(spec, num, seed)
+    # conditions for all samples at once, then sliced: the same for every batch split
+    if labels is not None:
+        all_cond, all_null = spec.conditions(num, labels=labels)
+    else:
+        all_cond, all_null = spec.conditions(num, seed=seed)
     out = []
     batches = range(0, num, batch_size)
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc=f"sampling {num} images", unit="batch")
+        batches = tqdm(batches, desc=f"sampling {num} images ({batch_size} per batch)", unit="batch")
     for start in batches:
         stop = min(start + batch_size, num)
-        if labels is not None:
-            cond, null = spec.conditions(stop - start, labels=labels[start:stop])
-        else:
-            cond, null = spec.conditions(stop - start, seed=seed + start)
+        cond = slice_conditions(all_cond, start, stop)
+        null = slice_conditions(all_null, start, stop)
         x = sample(denoise, noise[start:stop], cond, sampler, cfg_scale=cfg_scale, null_cond=null)
         out.append(x.float())
     images = torch.cat(out)

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["cat_conditions", "guide", "split_learned_sigma", "uses_cfg"]
+__all__ = ["cat_conditions", "guide", "slice_conditions", "split_learned_sigma", "uses_cfg"]
 
 
 def uses_cfg(scale: float) -> bool:
@@ -31,6 +31,17 @@ def cat_conditions(cond: Any, null: Any) -> Any:
     raise InputError(
         f"conditions must be tensors or dicts of tensors, got {type(cond).__name__}; pass class labels as a tensor"
     )
+
+
+def slice_conditions(cond: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of conditions (a tensor, a dict of tensors, or ``None``)."""
+    if cond is None:
+        return None
+    if isinstance(cond, torch.Tensor):
+        return cond[start:stop]
+    if isinstance(cond, Mapping):
+        return {k: slice_conditions(v, start, stop) for k, v in cond.items()}
+    raise InputError(f"conditions must be tensors or dicts of tensors, got {type(cond).__name__}")
 
 
 def split_learned_sigma(out: torch.Tensor, channels: int) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import diffusers_dit_inputs, ref_inputs, tiny_diffusers_dit, tiny_reference_dit
+from helpers import diffusers_dit_inputs, fp32_atol, ref_inputs, tiny_diffusers_dit, tiny_reference_dit, tiny_roundings
 from torch import fx
 
 from harmonica_compile.errors import PassError
@@ -32,7 +32,11 @@ def _raw_export(model, inputs):
 @pytest.mark.parametrize("upto", range(len(CLEANUP_PIPELINE)), ids=[p.name for p in CLEANUP_PIPELINE])
 @pytest.mark.parametrize("which", ["reference-dit", "diffusers-dit"])
 def test_cleanup_passes_preserve_computation(which, upto):
-    """Every pass that declares preserves_computation is checked against eager, on real models."""
+    """Every pass that declares preserves_computation is checked against eager, on real models.
+
+    The graph computes the same function as eager in float32: within ``fp32_atol(out, R)``,
+    R = tiny_roundings(which), one forward's longest chain (14907 roundings for the reference DiT,
+    4859 for the diffusers DiT; see helpers.dit_roundings)."""
     if which == "reference-dit":
         model, inputs = tiny_reference_dit(), ref_inputs()
     else:
@@ -46,7 +50,7 @@ def test_cleanup_passes_preserve_computation(which, upto):
         got = gm(**inputs) if isinstance(inputs, dict) else gm(*inputs)
     want = want if isinstance(want, torch.Tensor) else want.sample
     got = got if isinstance(got, torch.Tensor) else got.sample
-    assert (got - want).abs().max() <= 1e-6
+    assert (got - want).abs().max() <= fp32_atol(want, tiny_roundings(which))
 
 
 def test_cleanup_reports_what_changed():

@@ -32,16 +32,55 @@ def test_respacing_follows_dit():
             respace_timesteps(bad)  # type: ignore[arg-type]
 
 
+UNIT_ROUNDOFF_FP32 = 2.0**-24
+
+
+def _ddim_coefficients(ab: float, ab_prev: float) -> tuple[float, float]:
+    """DDIM's update ``x_prev = c_x * x + c_eps * eps`` (eta = 0), in float64."""
+    return (ab_prev / ab) ** 0.5, (1 - ab_prev) ** 0.5 - (ab_prev * (1 - ab) / ab) ** 0.5
+
+
+def _local_error_bound(
+    ab: float, ab_prev: float, rel_ab: float, rel_prev: float, x: torch.Tensor, eps: torch.Tensor
+) -> torch.Tensor:
+    """Elementwise first-order bound on |ours(x, eps) - diffusers(x, eps)| for one fp32 DDIM step.
+
+    Two sources, both from the arithmetic of the two implementations:
+    - diffusers holds alpha_bar in float32 with relative error ``rel_ab`` / ``rel_prev`` (read off
+      its own array against DiT's float64 cumprod); the coefficient error is bounded by evaluating
+      the float64 coefficients at the four corners ``ab (1 +- rel_ab)``, ``ab_prev (1 +- rel_prev)``;
+    - rounding: diffusers evaluates ``sqrt(ab_prev) (x - sqrt(1-ab) eps) / sqrt(ab) + sqrt(1-ab_prev) eps``
+      in float32, at most 10 roundings on any operand's path (gamma_10 ~ 10 u times the sum of the
+      absolute terms); ours rounds its two float64 coefficients to float32 and does 2 multiplies and
+      an add (gamma_3 times ``c_x |x| + |c_eps| |eps|``)."""
+    c_x, c_eps = _ddim_coefficients(ab, ab_prev)
+    d_x = d_eps = 0.0
+    for s_ab in (-1, 1):
+        for s_prev in (-1, 1):
+            cx2, ce2 = _ddim_coefficients(ab * (1 + s_ab * rel_ab), ab_prev * (1 + s_prev * rel_prev))
+            d_x, d_eps = max(d_x, abs(cx2 - c_x)), max(d_eps, abs(ce2 - c_eps))
+    X, E = x.double().abs(), eps.double().abs()
+    terms_theirs = (ab_prev / ab) ** 0.5 * (X + (1 - ab) ** 0.5 * E) + (1 - ab_prev) ** 0.5 * E
+    terms_ours = c_x * X + abs(c_eps) * E
+    return d_x * X + d_eps * E + UNIT_ROUNDOFF_FP32 * (10 * terms_theirs + 3 * terms_ours)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize("steps", [10, 20, 25, 50])
 def test_ddim_matches_diffusers_ddim_scheduler(steps, dtype):
-    """Fed the same model outputs, our DDIM and diffusers' DDIMScheduler agree within 1e-5.
+    """Fed the same model outputs, our DDIM and diffusers' DDIMScheduler agree.
 
-    diffusers keeps alpha_bar in float32 (relative error 4e-7 against DiT's float64 cumprod) and
-    divides by sqrt(alpha_bar) ~ 0.006 at the first steps, which turns that into ~1e-5 on the
-    latents. In fp64, with diffusers given DiT's float64 alpha_bar, the update rules agree within
-    the acceptance's 1e-5 (measured ~1e-13); stock diffusers in fp32 agrees within 1e-4
-    (measured up to 5.4e-5 at 50 steps)."""
+    fp64, with diffusers given DiT's float64 alpha_bar: the two update rules are the same
+    function evaluated in two algebraically equal forms, so they agree to a few float64 roundings
+    amplified by the trajectory; 1e-9 leaves four orders of magnitude over that (~1e-13) and is
+    still far below any wrong coefficient (a one-step-off alpha_bar moves the latents by > 1e-2).
+
+    fp32, stock diffusers: the gap is diffusers' float32 alpha_bar plus the float32 rounding of
+    both updates, accumulated over the steps. The test propagates an elementwise first-order
+    forward-error bound (``_local_error_bound``) through the trajectory: an error in ``x`` is
+    multiplied by ``c_x`` at every later step (the same ``eps`` is fed to both, so nothing else
+    carries it), and asserts the gap stays inside it at every step. No tolerance in this test is a
+    measured value."""
     from diffusers import DDIMScheduler
 
     ours = DDIMSampler(steps)
@@ -57,22 +96,34 @@ def test_ddim_matches_diffusers_ddim_scheduler(steps, dtype):
     )
     theirs.set_timesteps(steps)
     assert ours.timesteps == theirs.timesteps.tolist()
-    np.testing.assert_allclose(theirs.alphas_cumprod.double().numpy(), ours.alphas_cumprod, rtol=1e-6)
+    rel = np.abs(theirs.alphas_cumprod.double().numpy() / ours.alphas_cumprod - 1)
+    # float32 cumprod over 1000 factors: a few hundred roundings at most, far below 1e-4 relative
+    assert rel.max() <= 1000 * UNIT_ROUNDOFF_FP32
     if dtype == torch.float64:
         theirs.alphas_cumprod = torch.from_numpy(ours.alphas_cumprod)
     gen = torch.Generator().manual_seed(steps)
     x_ours = x_theirs = torch.randn(2, 4, 8, 8, generator=gen).to(dtype)
     image = torch.rand(2, 4, 8, 8, generator=gen).to(dtype) * 2 - 1
+    bound = torch.zeros(x_ours.shape, dtype=torch.float64)
     worst = 0.0
     for i, t in enumerate(theirs.timesteps):
         # the same model output for both: a near-perfect denoiser of `image`, as a trained model is
         ab = float(theirs.alphas_cumprod[t])
         eps = (x_theirs - ab**0.5 * image) / (1 - ab) ** 0.5 + 0.1 * torch.randn(2, 4, 8, 8, generator=gen).to(dtype)
+        if dtype == torch.float32:
+            ab_i, ab_prev = ours.alpha_bars(i)
+            rel_prev = rel[ours.timesteps[i + 1]] if i + 1 < steps else 0.0  # final alpha_bar is exactly 1
+            c_x, _ = _ddim_coefficients(ab_i, ab_prev)
+            bound = c_x * bound + _local_error_bound(ab_i, ab_prev, rel[int(t)], rel_prev, x_theirs, eps)
         x_ours = ours.step(eps, i, x_ours)
         x_theirs = theirs.step(eps, t, x_theirs).prev_sample
-        worst = max(worst, float((x_ours - x_theirs).abs().max()))
+        gap = (x_ours - x_theirs).double().abs()
+        worst = max(worst, float(gap.max()))
+        if dtype == torch.float32:
+            assert bool((gap <= bound).all()), f"step {i}: gap {float(gap.max()):.2e} above its bound"
     assert x_ours.dtype == dtype
-    assert worst <= (1e-5 if dtype == torch.float64 else 1e-4)
+    if dtype == torch.float64:
+        assert worst <= 1e-9
 
 
 def test_guidance_and_learned_sigma():
@@ -141,10 +192,13 @@ def test_dpm_solver_snapshot_restores_its_history():
 
 
 def test_generate_is_deterministic_per_seed_and_checks_cfg():
+    """The same seeds give the same noise and labels at any batch split; the images then differ
+    only by kernels blocking differently per batch size, the same kind of difference as another
+    runtime's, so the whole-pipeline tolerance of the parity gate (atol 1e-4, rtol 1e-2) applies."""
     spec = tiny_spec()
     a, la = generate(spec, num=5, steps=3, seed=1, batch_size=2)
     b, _lb = generate(spec, num=5, steps=3, seed=1, batch_size=5)
-    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-2)
     assert la.tolist() == [0, 1, 2, 3, 4] and a.abs().max() <= 1
     with pytest.raises(ConfigError, match="needs a null class"):
         from helpers import tiny_spec_no_null
