@@ -29,8 +29,8 @@ from common import RESULTS, environment, write_result
 
 from harmonica_compile import CacheSchedule
 from harmonica_compile.api import cached_for_spec
+from harmonica_compile.evaluation import evaluate_schedule
 from harmonica_compile.exporters.onnx import export_onnx
-from harmonica_compile.metrics import evaluate_schedule
 from harmonica_compile.models.registry import load_model
 from harmonica_compile.runtime.bench import bench_engine
 from harmonica_compile.training import train_schedule

@@ -30,9 +30,10 @@ from common import RESULTS, write_result
 
 from harmonica_compile import CacheSchedule
 from harmonica_compile.api import cached_for_spec
-from harmonica_compile.exporters.onnx import check_parity, export_onnx
+from harmonica_compile.exporters.onnx import export_onnx
 from harmonica_compile.models.registry import load_model
 from harmonica_compile.runtime.bench import bench_engine
+from harmonica_compile.runtime.parity import check_parity
 
 
 def full_export_seconds(spec) -> float:

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+from ._version import __version__
 from .api import find_cache_sites, optimize
 from .cacheable import CacheableModel, prepare
 from .cached_model import CachedModel
@@ -25,8 +26,6 @@ from .capture import CapturedModel, capture
 from .errors import HarmonicaError
 from .passes import CacheSite, SiteRule
 from .schedule import CacheSchedule
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CacheSchedule",

@@ -66,24 +66,6 @@ def optimize(
 
 
 def cached_for_spec(spec: Any, schedule: CacheSchedule | str, *, steps: int | None = None) -> CachedModel:
-    """A :class:`CachedModel` of a model spec (see :mod:`harmonica_compile.models.registry`) for a
-    saved schedule, checked against the sampler's step count and timesteps before anything runs."""
-    if isinstance(schedule, str):
-        schedule = CacheSchedule.load(schedule)
-    steps = schedule.num_steps if steps is None else steps
-    if schedule.num_steps != steps:
-        raise ScheduleError(
-            f"the schedule has {schedule.num_steps} steps but sampling uses {steps}; train a schedule for "
-            f"{steps} steps or sample with --steps {schedule.num_steps}"
-        )
-    sampler = spec.sampler(steps)
-    want = [float(t) for t in sampler.timesteps]
-    if schedule.timesteps is not None and list(schedule.timesteps) != want:
-        raise ScheduleError(
-            f"the schedule was made for timesteps {list(schedule.timesteps)[:4]}... but the sampler uses "
-            f"{want[:4]}...; it belongs to another sampler"
-        )
-    model_name = schedule.meta.get("model")
-    if model_name and model_name != spec.name:
-        raise ScheduleError(f"the schedule was made for model {model_name!r}, not {spec.name!r}")
-    return optimize(spec.cacheable(), schedule=schedule)
+    """``spec.cached(schedule, steps=steps)``: a CachedModel of a model spec for a saved schedule,
+    checked against the sampler's step count and timesteps before anything runs."""
+    return spec.cached(schedule, steps=steps)

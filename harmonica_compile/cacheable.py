@@ -1,8 +1,10 @@
 """CacheableModel: a captured graph plus its cache sites, the input of training and specialization.
 
-``prepare(model, example_inputs)`` = capture + clean-up + FindCacheSites. From a
-``CacheableModel`` you get the routed graphs training needs (``routed("soft")``) and one specialized
-graph per step mask (``specialize(mask, refresh)``).
+``prepare(model, example_inputs)`` = capture, then one :class:`~harmonica_compile.passes.PassManager`
+over the clean-up passes, FlattenInputsOutputs and FindCacheSites (``dump_before`` / ``dump_after``
+name passes to print the graph around). From a ``CacheableModel`` you get the routed graphs
+training needs (``routed("soft")``) and one specialized graph per step mask (``specialize(mask,
+refresh)``).
 
 Example:
     >>> import torch
@@ -25,10 +27,12 @@ import torch
 from torch import fx, nn
 
 from .capture import CapturedModel, capture
-from .errors import InputError
+from .names import INPUT_NAMES
 from .passes import (
+    CLEANUP_PIPELINE,
     CacheSite,
     FindCacheSites,
+    FlattenInputsOutputs,
     InsertCacheBranches,
     PassManager,
     SiteRule,
@@ -65,14 +69,12 @@ class CacheableModel:
         """The graph with a soft (``router``) or hard (``mask``) mix per site; see InsertCacheBranches."""
         if mode not in self._routed:
             gm = clone_graph_module(self.captured.graph_module)
-            gm, _ = PassManager([InsertCacheBranches(self.sites, mode)])(gm)
-            self._routed[mode] = gm
+            self._routed[mode] = InsertCacheBranches(self.sites, mode)(gm).graph_module
         return self._routed[mode]
 
     def specialize(self, mask: Sequence[bool], refresh: Sequence[str] = ()) -> fx.GraphModule:
         """The graph of one step: cached sites as ``cache.*`` inputs, refreshed ones as outputs."""
-        gm, _ = PassManager([Specialize(self.sites, mask, refresh)])(self.captured.graph_module)
-        return gm
+        return Specialize(self.sites, mask, refresh)(self.captured.graph_module).graph_module
 
     def cache_shape(self, site: CacheSite, index: int, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == -1 else d for d in site.shapes[index])
@@ -90,7 +92,7 @@ class CacheableModel:
         """Example inputs for a specialized graph: the model inputs plus zero caches."""
         batch = self.captured.batch_of(flat_inputs)
         cache = self.example_cache(batch, flat_inputs[0].device)
-        names = gm.meta["harmonica_input_names"][len(flat_inputs) :]
+        names = gm.meta[INPUT_NAMES][len(flat_inputs) :]
         return [*flat_inputs, *(cache[n] for n in names)]
 
     @functools.cached_property
@@ -115,14 +117,23 @@ def prepare(
     site_rules: Sequence[SiteRule] | None = None,
     model_name: str | None = None,
     dynamic_batch: bool = True,
+    dump_before: Sequence[str] = (),
+    dump_after: Sequence[str] = (),
+    dump_dir: str | None = None,
 ) -> CacheableModel:
-    """Capture ``model`` and find its cache sites; see the module docstring."""
+    """Capture ``model`` and run the prepare pipeline on it; see the module docstring."""
     if isinstance(model, CacheableModel):
         return model
     captured = capture(model, example_inputs, dynamic_batch=dynamic_batch)
     finder = FindCacheSites(site_rules)
-    PassManager([finder])(captured.graph_module)
-    captured.history.append((finder.name, {"sites": len(finder.sites)}))
-    if not finder.sites:
-        raise InputError("FindCacheSites returned no sites")
+    pipeline = PassManager(
+        [*CLEANUP_PIPELINE, FlattenInputsOutputs(captured), finder],
+        name="prepare",
+        dump_before=dump_before,
+        dump_after=dump_after,
+        dump_dir=dump_dir,
+    )
+    result = pipeline(captured.graph_module)
+    captured.graph_module = result.graph_module
+    captured.history = [(name, r.changes) for name, r in result.history]
     return CacheableModel(captured, tuple(finder.sites), model_name=model_name)

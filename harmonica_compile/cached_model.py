@@ -4,6 +4,8 @@ A sampling run is a sequence of calls: the i-th call runs step i's specialized g
 cached site values it reads and storing the ones it refreshes. A run ends after ``num_steps``
 calls or on :meth:`CachedModel.reset`. If the schedule carries timesteps, the step is found from
 the timestep passed in (an unknown timestep is an error, and the first timestep starts a new run).
+That state machine is the :class:`~harmonica_compile.engine.StepEngine` every runtime shares
+(``cached.engine``; observers subscribe with ``cached.engine.add_hook``).
 
 Example:
     >>> import torch
@@ -28,7 +30,9 @@ import torch
 from torch import fx, nn
 
 from .cacheable import CacheableModel, count_flops
-from .errors import InputError, NumericalError, ScheduleError
+from .engine import GraphIO, StepEngine
+from .errors import NumericalError, ScheduleError
+from .names import INPUT_NAMES, OUTPUT_NAMES
 from .passes import CacheSite
 from .schedule import CacheSchedule
 
@@ -56,14 +60,19 @@ class CachedModel(nn.Module):
             refresh.setdefault(g, set()).update(schedule.refreshed_sites(step))
         masks: dict[int, tuple[bool, ...]] = {g: schedule.mask[step] for step, g in reversed(list(enumerate(groups)))}
         self.graphs = nn.ModuleList([cacheable.specialize(masks[g], sorted(refresh[g])) for g in range(len(masks))])
-        self._step_graph = groups
         self._num_model_inputs = len(cacheable.captured.input_names)
         self._num_model_outputs = len(cacheable.captured.output_names)
         self._timestep_index = cacheable.captured.timestep_input()
-        self._cache: dict[str, torch.Tensor] = {}
-        self._filled_at: dict[str, int] = {}
-        self._next_step = 0
-        self._batch: int | None = None
+        io = [
+            GraphIO(
+                tuple(gm.meta[INPUT_NAMES][self._num_model_inputs :]),
+                tuple(gm.meta[OUTPUT_NAMES][self._num_model_outputs :]),
+            )
+            for gm in self.graphs
+        ]
+        timesteps = schedule.timesteps if self._timestep_index is not None else None
+        #: The run's state: step from timestep, the cache and its refresh rule (shared by every runtime).
+        self.engine = StepEngine(io, groups, timesteps)
         self._flops: dict[int, int] = {}
 
     # ------------------------------------------------------------------ facts
@@ -87,11 +96,11 @@ class CachedModel(nn.Module):
     @property
     def step(self) -> int:
         """The step the next call will run (when steps are counted by calls)."""
-        return self._next_step
+        return self.engine.next_step
 
     def graph_of_step(self, step: int) -> int:
         self._check_step(step)
-        return self._step_graph[step]
+        return self.engine.step_graph[step]
 
     def step_module(self, step: int) -> fx.GraphModule:
         """The specialized graph that runs at ``step``."""
@@ -101,7 +110,8 @@ class CachedModel(nn.Module):
         if not isinstance(step, int) or not 0 <= step < self.num_steps:
             raise ScheduleError(f"step must be an integer in [0, {self.num_steps}), got {step!r}")
 
-    def _graph_flops(self, graph: int) -> int:
+    def graph_flops(self, graph: int) -> int:
+        """FLOPs of graph ``graph`` at the capture's example batch."""
         if graph not in self._flops:
             gm = self.graphs[graph]
             inputs = self.cacheable.step_inputs(gm, self.cacheable.captured.example_inputs)  # type: ignore[arg-type]
@@ -110,7 +120,7 @@ class CachedModel(nn.Module):
 
     def flops(self, step: int) -> int:
         """FLOPs of ``step``'s graph at the capture's example batch (``torch.utils.flop_counter``)."""
-        return self._graph_flops(self.graph_of_step(step))
+        return self.graph_flops(self.graph_of_step(step))
 
     @property
     def flops_full(self) -> int:
@@ -132,68 +142,28 @@ class CachedModel(nn.Module):
     # ------------------------------------------------------------------ running
     def reset(self) -> None:
         """Forget the cache and start a new sampling run at step 0."""
-        self._cache.clear()
-        self._filled_at.clear()
-        self._next_step = 0
-        self._batch = None
-
-    def _resolve_step(self, flat: Sequence[torch.Tensor]) -> int:
-        if self.schedule.timesteps is None or self._timestep_index is None:
-            return self._next_step
-        t = flat[self._timestep_index]
-        value = float(t.reshape(-1)[0].item()) if t.numel() else float("nan")
-        expected = self._next_step if self._next_step < self.num_steps else 0
-        return self.schedule.step_of_timestep(value, expected=expected)
+        self.engine.reset()
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         captured = self.cacheable.captured
         flat = captured.flatten_inputs(args, kwargs)
-        step = self._resolve_step(flat)
-        if step == 0:
-            self.reset()
-        batch = captured.batch_of(flat)
-        if self._batch is not None and batch != self._batch:
-            raise InputError(
-                f"step {step}: this call has batch {batch} but the cache holds batch {self._batch} from the "
-                "previous steps of this run; call reset() before a run with another batch size"
-            )
-        self._batch = batch
-        outs = self.run_step(step, flat)
-        self._next_step = step + 1
-        if self._next_step >= self.num_steps:
-            self.reset()
+        timestep = None
+        if self._timestep_index is not None:
+            t = flat[self._timestep_index]
+            timestep = float(t.reshape(-1)[0].item()) if t.numel() else float("nan")
+        outs = self.engine.step(timestep, captured.batch_of(flat), flat, self._run_graph)
         return captured.unflatten_outputs(outs)
 
-    def run_step(self, step: int, flat: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Run one step on flat model inputs, reading and refreshing the cache; returns model outputs."""
-        gm = self.step_module(step)
-        names = gm.meta["harmonica_input_names"][self._num_model_inputs :]
-        cache_in = []
-        for name in names:
-            value = self._cache.get(name)
-            if value is None:
-                raise ScheduleError(
-                    f"step {step} reads '{name}' but no earlier step of this run computed it; calls must "
-                    f"follow the schedule's steps in order (expected step {self._next_step}, got {step})"
-                )
-            cache_in.append(value)
-        outs = gm(*flat, *cache_in)
-        model_outs = list(outs[: self._num_model_outputs])
-        out_names = gm.meta["harmonica_output_names"][self._num_model_outputs :]
-        for name, value in zip(out_names, outs[self._num_model_outputs :], strict=True):
-            key = "cache." + name[len("new_cache.") :]
-            self._cache[key] = value
-            self._filled_at[key] = step
+    def _run_graph(self, graph: int, flat: Sequence[torch.Tensor], cache_in: Sequence[torch.Tensor]) -> list[Any]:
+        gm = self.graphs[graph]
+        outs = list(gm(*flat, *cache_in))
         if self.check_finite:
-            self._check_finite(
-                step,
-                flat,
-                cache_in,
-                names,
-                model_outs,
-                list(zip(out_names, outs[self._num_model_outputs :], strict=True)),
-            )
-        return model_outs
+            names = gm.meta[INPUT_NAMES][self._num_model_inputs :]
+            out_names = gm.meta[OUTPUT_NAMES][self._num_model_outputs :]
+            refreshed = list(zip(out_names, outs[self._num_model_outputs :], strict=True))
+            step = int(self.engine.current)  # type: ignore[arg-type]
+            self._check_finite(step, flat, cache_in, names, outs[: self._num_model_outputs], refreshed)
+        return outs
 
     def _check_finite(
         self,
@@ -211,7 +181,7 @@ class CachedModel(nn.Module):
         for name, x in zip(cache_names, cache_in, strict=True):
             if not torch.isfinite(x).all():
                 raise NumericalError(
-                    f"step {step}: cached '{name}' (from step {self._filled_at.get(name)}) holds NaN or Inf"
+                    f"step {step}: cached '{name}' (from step {self.engine.filled_at.get(name)}) holds NaN or Inf"
                 )
         bad_refresh = any(not torch.isfinite(x).all() for _, x in refreshed)
         bad_output = any(not torch.isfinite(x).all() for x in model_outs)

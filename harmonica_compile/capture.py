@@ -1,11 +1,14 @@
-"""Capture: a PyTorch model and example inputs to one flat FX graph.
+"""Capture: a PyTorch model and example inputs to the exported FX graph and its input/output specs.
 
 ``capture(model, example_inputs)`` runs ``torch.export`` (non-strict, so models with Python control
-flow in ``forward`` such as diffusers' transformers work) with the batch dimension dynamic, runs
-the clean-up passes, and returns a :class:`CapturedModel`: a ``GraphModule`` whose placeholders are
-the model's tensor inputs and whose outputs are its tensor outputs, plus what is needed to accept
-the caller's ``(args, kwargs)`` and to rebuild the caller's output object (a diffusers output, a
-tuple, a tensor).
+flow in ``forward`` such as diffusers' transformers work) with the batch dimension dynamic and
+returns a :class:`CapturedModel`: the exported ``GraphModule`` (weights held as detached buffers
+that share the user's storage), the spec of every input leaf, and what is needed to accept the
+caller's ``(args, kwargs)`` and to rebuild the caller's output object (a diffusers output, a
+tuple, a tensor). Capture runs no graph pass: :func:`harmonica_compile.prepare` runs the clean-up
+passes, flattens the graph to tensors in and a tuple of tensors out
+(:class:`~harmonica_compile.passes.FlattenInputsOutputs`) and finds the cache sites, as one
+pipeline. A captured model is callable before and after that.
 
 Example:
     >>> import torch
@@ -31,6 +34,7 @@ import torch.utils._pytree as pytree
 from torch import fx, nn
 
 from .errors import CaptureError, InputError
+from .names import OUTPUT_NAMES
 
 __all__ = ["CapturedModel", "InputSpec", "capture", "normalize_example_inputs"]
 
@@ -74,8 +78,13 @@ class CapturedModel:
     #: Flat tensor example inputs at the batch used for tracing (at least 2).
     example_inputs: tuple[torch.Tensor, ...]
     batch_size: int
-    #: The clean-up passes that ran, with what each changed.
+    #: The passes that ran on the graph (``prepare``), with what each changed.
     history: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def is_flat(self) -> bool:
+        """Whether the graph takes flat tensors (after FlattenInputsOutputs) or the model's inputs."""
+        return OUTPUT_NAMES in self.graph_module.meta
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -161,7 +170,9 @@ class CapturedModel:
         return pytree.tree_unflatten(leaves, self.out_spec)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        flat = self.flatten_inputs(args, kwargs)
+        flat = self.flatten_inputs(args, kwargs)  # checks every input, in both conventions
+        if not self.is_flat:  # the exported code flattens and rebuilds the pytrees itself
+            return self.graph_module(**_bind(self.signature, tuple(args), dict(kwargs), self.model_class))
         return self.unflatten_outputs(self.graph_module(*flat))
 
     def batch_of(self, flat: Sequence[torch.Tensor]) -> int:
@@ -287,14 +298,12 @@ def capture(
     dynamic_batch: bool = True,
     max_batch: int = 4096,
 ) -> CapturedModel:
-    """Capture ``model`` (in eval mode) as a flat, cleaned-up FX graph; see the module docstring.
+    """Capture ``model`` (in eval mode) with torch.export; see the module docstring.
 
     ``example_inputs`` is a tuple of positional args, a dict of keyword args, or ``(args, kwargs)``.
     With ``dynamic_batch``, dim 0 of every tensor input whose leading size equals the batch is
     exported as one dynamic dimension, so the capture serves batch 1, 2 (CFG) and larger alike.
     """
-    from .passes import run_cleanup
-
     if not isinstance(model, nn.Module):
         raise CaptureError(f"capture expects a torch.nn.Module, got {type(model).__name__}")
     owner = type(model).__name__
@@ -346,15 +355,15 @@ def capture(
             ) from e
 
     gm = ep.module()
-    # ep.module() re-checks the pytree inputs in a pre-hook; our graph takes flat tensors.
+    # ep.module() re-checks the pytree inputs in a pre-hook; flatten_inputs checks them instead.
     gm._forward_pre_hooks.clear()
     gm._forward_pre_hooks_with_kwargs.clear()
-    history = run_cleanup(gm)
+    _detach_weights(gm)
     paths, in_spec = pytree.tree_flatten_with_path(((), bound))
     out_spec = ep.call_spec.out_spec
-    assert out_spec is not None
-    gm, flat_history, out_index, out_consts, out_names = _flatten_graph_module(gm, paths, out_spec, owner)
-    history.extend(flat_history)
+    if out_spec is None:
+        raise CaptureError(f"{owner}: torch.export recorded no output structure")
+    out_index, out_consts, out_names = _output_leaves(gm, out_spec, owner)
     specs = []
     for path, leaf in paths:
         name = _path_name(path[1:])  # drop the (args, kwargs) level
@@ -363,7 +372,7 @@ def capture(
             specs.append(InputSpec(name, True, batched=is_batched(leaf), shape=shape, dtype=leaf.dtype))
         else:
             specs.append(InputSpec(name, False, constant=leaf))
-    captured = CapturedModel(
+    return CapturedModel(
         graph_module=gm,
         inputs=tuple(specs),
         in_spec=in_spec,
@@ -375,59 +384,36 @@ def capture(
         model_class=owner,
         example_inputs=tuple(x for _, x in paths if isinstance(x, torch.Tensor)),
         batch_size=batch,
-        history=history,
     )
-    return captured
 
 
-def _flatten_graph_module(
-    gm: fx.GraphModule, paths: list[tuple[Any, Any]], out_spec: pytree.TreeSpec, owner: str
-) -> tuple[fx.GraphModule, list[tuple[str, dict[str, Any]]], tuple[int | None, ...], tuple[Any, ...], tuple[str, ...]]:
-    """Make ``ep.module()`` flat: plain codegen, tensor placeholders only, tensor outputs only,
-    and weights held as detached buffers so nothing we run touches the user's parameters."""
-    graph = gm.graph
-    graph._codegen = fx.graph.CodeGen()
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != len(paths):
-        raise CaptureError(
-            f"{owner}: export produced {len(placeholders)} inputs for {len(paths)} input leaves; "
-            "this input structure is not supported"
-        )
-    removed = 0
-    for node, (path, leaf) in zip(placeholders, paths, strict=True):
-        node.meta["harmonica_input"] = _path_name(path[1:])
-        if not isinstance(leaf, torch.Tensor):
-            if node.users:
-                raise CaptureError(
-                    f"{owner}: non-tensor input '{_path_name(path[1:])}' is used inside the graph; pass it as a tensor"
-                )
-            graph.erase_node(node)
-            removed += 1
-
-    out_node = next(n for n in graph.nodes if n.op == "output")
-    flat_outs = list(pytree.tree_leaves(out_node.args[0]))
-    names = _spec_leaf_names(out_spec)
-    tensor_outs: list[fx.Node] = []
+def _output_leaves(
+    gm: fx.GraphModule, out_spec: pytree.TreeSpec, owner: str
+) -> tuple[tuple[int | None, ...], tuple[Any, ...], tuple[str, ...]]:
+    """Read the exported outputs (nothing is changed): for each output leaf, its index among the
+    tensor outputs (``None`` for a constant leaf), the constants, and the tensor outputs' names."""
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    values = list(pytree.tree_leaves(out_node.args[0]))
     index: list[int | None] = []
     consts: list[Any] = []
-    out_names: list[str] = []
-    for value, name in zip(flat_outs, names, strict=True):
+    names: list[str] = []
+    for value, name in zip(values, _spec_leaf_names(out_spec), strict=True):
         if isinstance(value, fx.Node):
-            index.append(len(tensor_outs))
-            tensor_outs.append(value)
+            index.append(len(names))
             consts.append(None)
-            out_names.append(_output_name(name))
+            names.append(_output_name(name))
         else:
             index.append(None)
             consts.append(value)
-    if not tensor_outs:
+    if not names:
         raise CaptureError(f"{owner}: the model returns no tensor")
-    out_node.args = (tuple(tensor_outs),)
-    gm.meta["harmonica_output_names"] = tuple(out_names)
-    gm.meta["harmonica_input_names"] = tuple(n.meta["harmonica_input"] for n in graph.nodes if n.op == "placeholder")
+    return tuple(index), tuple(consts), tuple(names)
 
-    # Weights: plain tensors sharing the user's storage, never trainable through us.
-    for node in graph.nodes:
+
+def _detach_weights(gm: fx.GraphModule) -> None:
+    """Hold weights as plain tensors sharing the user's storage: nothing we run trains or touches
+    the user's parameters, and graphs made from this one share the weights."""
+    for node in gm.graph.nodes:
         if node.op != "get_attr":
             continue
         owner_mod, _, attr = node.target.rpartition(".")
@@ -436,11 +422,3 @@ def _flatten_graph_module(
         if isinstance(value, nn.Parameter):
             delattr(mod, attr)
             mod.register_buffer(attr, value.detach(), persistent=True)
-    gm.recompile()
-    return (
-        gm,
-        [("flatten_inputs_outputs", {"removed_non_tensor_inputs": removed})],
-        tuple(index),
-        tuple(consts),
-        tuple(out_names),
-    )

@@ -7,7 +7,9 @@
   digit classifier trained on the real data (shipped weights, 97.5% held-out accuracy), and the
   Frechet distance between generated and real digits in that classifier's 64-d hidden features
   (an FID analogue: the same formula, another feature space).
-- :func:`flops_report` - FLOPs of a cached schedule against full compute.
+
+Evaluating a schedule (sampling full compute and cached, then these metrics) is
+:mod:`harmonica_compile.evaluation`'s job.
 
 Everything is deterministic and takes well under a second for a few hundred images.
 
@@ -32,7 +34,7 @@ import torch
 from .errors import InputError
 from .io import load_safetensors
 
-__all__ = ["DigitsEvaluator", "fidelity", "flops_report", "frechet_distance", "mse", "psnr"]
+__all__ = ["DigitsEvaluator", "fidelity", "frechet_distance", "mse", "psnr"]
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -130,78 +132,3 @@ class DigitsEvaluator:
         if reference is not None:
             out.update(fidelity(images, reference))
         return out
-
-
-def flops_report(cached: Any) -> dict[str, Any]:
-    """``flops_full`` / ``flops_cached`` per image-run and the theoretical speedup of a CachedModel."""
-    steps = cached.num_steps
-    full = cached.flops_full * steps
-    per_step = [cached.flops(i) for i in range(steps)]
-    return {
-        "flops_full": int(full),
-        "flops_cached": int(sum(per_step)),
-        "theoretical_speedup": full / max(sum(per_step), 1),
-        "flops_per_step": per_step,
-        "flops_batch": int(cached.cacheable.captured.batch_size),
-    }
-
-
-_FULL_SAMPLES: dict[tuple[Any, ...], tuple[torch.Tensor, Any]] = {}
-
-
-def full_compute_samples(
-    spec: Any, *, num: int, seed: int, steps: int, cfg_scale: float, batch_size: int = 64
-) -> tuple[torch.Tensor, Any]:
-    """Full-compute samples for ``(spec, num, seed, steps, cfg)``, made once per process."""
-    from .sampling import generate
-
-    key = (spec.name, id(spec.model), num, seed, steps, cfg_scale)
-    if key not in _FULL_SAMPLES:
-        _FULL_SAMPLES[key] = generate(spec, num=num, steps=steps, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size)
-    return _FULL_SAMPLES[key]
-
-
-def evaluate_schedule(
-    spec: Any,
-    schedule: Any,
-    *,
-    num: int = 256,
-    seed: int = 0,
-    cfg_scale: float | None = None,
-    batch_size: int = 64,
-) -> dict[str, Any]:
-    """Quality and FLOPs of ``schedule`` on ``spec``: cached vs full-compute samples from the same
-    ``num`` noise seeds. Keys: ``final_mse``, ``psnr_db``, FLOPs, and for digits ``accuracy`` /
-    ``frechet`` of both cached and full-compute samples."""
-    from .api import cached_for_spec
-    from .sampling import generate
-
-    steps = schedule.num_steps
-    cfg = spec.default_cfg_scale if cfg_scale is None else cfg_scale
-    full, labels = full_compute_samples(spec, num=num, seed=seed, steps=steps, cfg_scale=cfg, batch_size=batch_size)
-    cached_model = cached_for_spec(spec, schedule, steps=steps)
-    images, _ = generate(
-        spec, spec.denoiser(cached_model), num=num, steps=steps, cfg_scale=cfg, seed=seed, batch_size=batch_size
-    )
-    fid = fidelity(images, full)
-    out: dict[str, Any] = {
-        "eval_num": num,
-        "eval_seed": seed,
-        "eval_cfg_scale": cfg,
-        "cur": schedule.cur,
-        "final_mse": fid["mse"],
-        "psnr_db": fid["psnr_db"],
-        **flops_report(cached_model),
-    }
-    if spec.evaluator == "digits" and labels is not None:
-        ev = DigitsEvaluator()
-        out.update(
-            {
-                "accuracy": ev.accuracy(images, labels),
-                "frechet": ev.frechet(images),
-                "accuracy_full": ev.accuracy(full, labels),
-                "frechet_full": ev.frechet(full),
-            }
-        )
-    out.pop("flops_per_step", None)
-    return out

@@ -27,10 +27,43 @@ import numpy as np
 from .errors import ArtifactError, ScheduleError
 from .io import atomic_write_json, canonical_checksum, load_json
 
-__all__ = ["SCHEDULE_FORMAT", "SCHEDULE_VERSION", "CacheSchedule"]
+__all__ = ["SCHEDULE_FORMAT", "SCHEDULE_VERSION", "TIMESTEP_RTOL", "CacheSchedule", "find_step", "same_timestep"]
 
 SCHEDULE_FORMAT = "harmonica-compile/schedule"
 SCHEDULE_VERSION = 1
+
+
+#: Two timesteps are the same step when they differ by at most this, relative (absolute below 1):
+#: samplers hand the model integer or float timesteps, sometimes rounded differently.
+TIMESTEP_RTOL = 1e-4
+
+
+def same_timestep(a: float, b: float) -> bool:
+    """Whether timestep ``a`` is timestep ``b`` (within :data:`TIMESTEP_RTOL`)."""
+    return abs(float(a) - float(b)) <= TIMESTEP_RTOL * max(1.0, abs(float(b)))
+
+
+def find_step(timesteps: Sequence[float], t: float, *, expected: int | None = None, owner: str | None = None) -> int:
+    """The index of timestep ``t`` in ``timesteps``; ``expected`` wins if several match, else the
+    first match from ``expected`` on. ``owner`` names what the timesteps belong to in the error
+    (default: this schedule).
+
+    Example:
+        >>> find_step([999.0, 500.0, 0.0], 500)
+        1
+    """
+    matches = [i for i, ts in enumerate(timesteps) if same_timestep(t, ts)]
+    if not matches:
+        n = len(timesteps)
+        shown = ", ".join(f"{v:g}" for v in list(timesteps)[:8]) + (", ..." if n > 8 else "")
+        whose = f"the {n} timesteps of {owner}" if owner else f"this schedule's {n} timesteps"
+        raise ScheduleError(
+            f"timestep {float(t):g} is not one of {whose} ({shown}); it was made for another sampler or step count"
+        )
+    if expected is not None and expected in matches:
+        return expected
+    later = [i for i in matches if expected is None or i >= expected]
+    return later[0] if later else matches[0]
 
 
 def _as_mask(mask: Any) -> tuple[tuple[bool, ...], ...]:
@@ -169,21 +202,10 @@ class CacheSchedule:
         return age
 
     def step_of_timestep(self, t: float, expected: int | None = None) -> int:
-        """The step whose timestep is ``t`` (``expected`` wins if several match)."""
+        """The step whose timestep is ``t`` (``expected`` wins if several match); see :func:`find_step`."""
         if self.timesteps is None:
             raise ScheduleError("this schedule carries no timesteps; steps are counted by calls instead")
-        tol = 1e-4 * max(1.0, abs(t))
-        matches = [i for i, ts in enumerate(self.timesteps) if abs(ts - t) <= tol]
-        if not matches:
-            shown = ", ".join(f"{v:g}" for v in self.timesteps[:8]) + (", ..." if self.num_steps > 8 else "")
-            raise ScheduleError(
-                f"timestep {t:g} is not one of this schedule's {self.num_steps} timesteps ({shown}); "
-                "the schedule was made for another sampler or step count"
-            )
-        if expected is not None and expected in matches:
-            return expected
-        later = [i for i in matches if expected is None or i >= expected]
-        return later[0] if later else matches[0]
+        return find_step(self.timesteps, t, expected=expected)
 
     def check_sites(self, sites: Sequence[str], *, what: str = "the model") -> None:
         """Raise :class:`ScheduleError` unless this schedule's sites are exactly ``sites``, in order."""

@@ -17,6 +17,7 @@ from helpers import (
 )
 from torch import nn
 
+from harmonica_compile.cacheable import prepare
 from harmonica_compile.capture import capture
 from harmonica_compile.errors import CaptureError, HarmonicaError, InputError
 from harmonica_compile.passes.remove_assertions import is_assertion
@@ -65,8 +66,13 @@ def test_capture_matches_eager_at_any_batch(name, example_batch):
         assert (output_tensor(got) - want).abs().max() <= fp32_atol(want, tiny_roundings(name))
 
 
-def test_capture_graph_is_flat_and_clean():
-    cap = capture(tiny_diffusers_dit(), diffusers_dit_inputs())
+def test_prepare_makes_the_captured_graph_flat_and_clean():
+    """capture() runs no pass (torch.export only); prepare()'s pipeline cleans and flattens."""
+    raw = capture(tiny_diffusers_dit(), diffusers_dit_inputs())
+    assert not raw.is_flat and raw.history == []
+    assert any(is_assertion(n) for n in raw.graph_module.graph.nodes)
+    cap = prepare(tiny_diffusers_dit(), diffusers_dit_inputs()).captured
+    assert cap.is_flat
     graph = cap.graph_module.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     assert cap.input_names == ("hidden_states", "timestep", "class_labels")

@@ -7,20 +7,39 @@ outputs with dtype, symbolic shape, role and site). File names are plain names i
 
 Roles: ``latent``, ``timestep``, ``condition`` (model inputs), ``cache_in`` / ``cache_out``
 (site values), ``output`` (the model's prediction).
+
+The ONNX and TensorRT exporters write their manifests through one builder,
+:func:`build_manifest`, from typed entries (:class:`IOEntry`, :class:`GraphEntry`,
+:class:`StepEntry`); a TensorRT manifest is its ONNX manifest with engine facts added to each
+graph entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError
 from ..io import atomic_write_json, load_json, sha256_file
+from ..names import ROLES
 
-__all__ = ["MANIFEST_FORMAT", "MANIFEST_VERSION", "Manifest", "load_manifest", "tool_versions"]
+__all__ = [
+    "MANIFEST_FORMAT",
+    "MANIFEST_VERSION",
+    "GraphEntry",
+    "IOEntry",
+    "Manifest",
+    "StepEntry",
+    "build_manifest",
+    "load_manifest",
+    "tool_versions",
+]
 
 MANIFEST_FORMAT = "harmonica-compile/engine"
 MANIFEST_VERSION = 1
@@ -33,7 +52,7 @@ def tool_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
     import onnx
     import torch
 
-    from .. import __version__
+    from .._version import __version__
 
     out = {
         "harmonica_compile": __version__,
@@ -59,6 +78,115 @@ def check_plain_name(name: Any, folder: Path, what: str) -> str:
             "a manifest may only name files next to it"
         )
     return name
+
+
+@dataclass(frozen=True)
+class IOEntry:
+    """One input or output of a graph: name, dtype, shape (``"batch"`` for the batch dimension),
+    role (see the module docstring) and the site it belongs to."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+    role: str
+    site: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ArtifactError(f"input/output '{self.name}' has role {self.role!r}; roles are {list(ROLES)}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "role": self.role, "site": self.site}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> IOEntry:
+        return cls(data["name"], data["dtype"], tuple(data["shape"]), data["role"], data.get("site"))
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """One graph file of a folder, with what it computes. TensorRT folders add the engine facts."""
+
+    id: int
+    file: str
+    sha256: str
+    bytes: int
+    mask: tuple[bool, ...]
+    inputs: tuple[IOEntry, ...]
+    outputs: tuple[IOEntry, ...]
+    nodes: int
+    flops: int
+    external_data: tuple[str, ...] = ()
+    onnx_file: str | None = None
+    onnx_sha256: str | None = None
+    engine_bytes: int | None = None
+    build_seconds: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name in ("inputs", "outputs"):
+                value = [e.to_json() for e in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GraphEntry:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["inputs"] = tuple(IOEntry.from_json(e) for e in data["inputs"])
+        values["outputs"] = tuple(IOEntry.from_json(e) for e in data["outputs"])
+        values["mask"] = tuple(bool(m) for m in data["mask"])
+        values["external_data"] = tuple(data.get("external_data", ()))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class StepEntry:
+    """One sampling step: its timestep, the graph it runs and its mask."""
+
+    index: int
+    timestep: float
+    graph: int
+    mask: tuple[bool, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "timestep": self.timestep, "graph": self.graph, "mask": list(self.mask)}
+
+
+def build_manifest(
+    *,
+    kind: str,
+    model: Mapping[str, Any],
+    sampler: Mapping[str, Any],
+    schedule: Mapping[str, Any],
+    steps: Sequence[StepEntry],
+    graphs: Sequence[GraphEntry],
+    files: Mapping[str, str],
+    tools: Mapping[str, str] | None = None,
+    **facts: Any,
+) -> dict[str, Any]:
+    """The manifest of a folder of ``kind`` (``onnx``, ``tensorrt``); ``facts`` are added as they are
+    (opset, batch, export config, weights, timing, precision, ...)."""
+    return {
+        "format": MANIFEST_FORMAT,
+        "format_version": MANIFEST_VERSION,
+        "kind": kind,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tools": dict(tools or tool_versions()),
+        "model": dict(model),
+        "sampler": dict(sampler),
+        "schedule": dict(schedule),
+        **facts,
+        "files": dict(files),
+        "steps": [s.to_json() for s in steps],
+        "graphs": [g.to_json() for g in graphs],
+    }
 
 
 @dataclass
@@ -92,6 +220,10 @@ class Manifest:
     @property
     def graphs(self) -> list[dict[str, Any]]:
         return list(self.data["graphs"])
+
+    def graph_entries(self) -> list[GraphEntry]:
+        """The graphs as typed entries."""
+        return [GraphEntry.from_json(g) for g in self.data["graphs"]]
 
     @property
     def sites(self) -> list[str]:

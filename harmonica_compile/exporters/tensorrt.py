@@ -15,6 +15,7 @@ is ever faked: a folder of kind ``tensorrt`` only exists if TensorRT built it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -29,7 +30,7 @@ from typing import Any
 from ..errors import ExportError, RuntimeBackendError
 from ..io import atomic_dir, atomic_write_bytes, sha256_file
 from .config import ExportConfig
-from .manifest import Manifest, load_manifest, tool_versions
+from .manifest import Manifest, StepEntry, build_manifest, load_manifest, tool_versions
 
 __all__ = [
     "GPU_SLUG_SED",
@@ -173,6 +174,10 @@ def _build_engine(
     return bytes(engine), bytes(builder_config.get_timing_cache().serialize())
 
 
+#: What a TensorRT folder keeps from the ONNX export it was built from.
+_ONNX_FACTS = ("opset", "exporter", "weights", "example_inputs", "timing")
+
+
 def export_tensorrt(
     cached: Any,
     out: str | os.PathLike[str],
@@ -182,7 +187,7 @@ def export_tensorrt(
     spec: Any = None,
     config: ExportConfig | None = None,
     onnx_dir: str | os.PathLike[str] | None = None,
-    check: Any = True,
+    check: Any = None,
     **overrides: Any,
 ) -> Manifest:
     """Build one TensorRT engine per graph into ``out`` (atomically); ONNX files are kept next to them.
@@ -223,32 +228,46 @@ def export_tensorrt(
                 shutil.copy2(item, tmp / item.name)
         if onnx_dir is None:
             shutil.rmtree(onnx_folder)
-        data = json.loads(json.dumps(source.data))
+        graphs = []
         timing: bytes | None = None
         started = time.perf_counter()
-        for g in data["graphs"]:
+        for g in source.graph_entries():
             t0 = time.perf_counter()
-            engine, timing = _build_engine(trt, tmp / g["file"], g, config=config, timing_cache=timing)
-            name = f"{Path(g['file']).stem}.{gpu}.trt{version}.plan"
+            engine, timing = _build_engine(trt, tmp / g.file, g.to_json(), config=config, timing_cache=timing)
+            name = f"{Path(g.file).stem}.{gpu}.trt{version}.plan"
             atomic_write_bytes(tmp / name, engine)
-            g["onnx_file"], g["onnx_sha256"] = g["file"], g["sha256"]
-            g["file"], g["sha256"], g["engine_bytes"] = name, sha256_file(tmp / name), len(engine)
-            g["build_seconds"] = round(time.perf_counter() - t0, 3)
+            graphs.append(
+                dataclasses.replace(
+                    g,
+                    file=name,
+                    sha256=sha256_file(tmp / name),
+                    onnx_file=g.file,
+                    onnx_sha256=g.sha256,
+                    engine_bytes=len(engine),
+                    build_seconds=round(time.perf_counter() - t0, 3),
+                )
+            )
         if timing:
             atomic_write_bytes(tmp / f"timing.{gpu}.trt{version}.cache", timing)
-        data.update(
-            {
-                "kind": "tensorrt",
-                "tools": tool_versions({"tensorrt": version}),
-                "gpu": gpu,
-                "batch": config.batch,
-                "precision": config.precision,
-                "export_config": config.to_json(),
-                "op_coverage": coverage,
-                "engine_bytes_total": sum(g["engine_bytes"] for g in data["graphs"]),
-                "build_seconds": round(time.perf_counter() - started, 3),
-            }
+        onnx_facts = {k: source.data[k] for k in _ONNX_FACTS if k in source.data}
+        data = build_manifest(
+            kind="tensorrt",
+            model=source.data["model"],
+            sampler=source.data["sampler"],
+            schedule=source.data["schedule"],
+            steps=[StepEntry(s["index"], s["timestep"], s["graph"], tuple(s["mask"])) for s in source.steps],
+            graphs=graphs,
+            files={**source.data.get("files", {}), **{g.onnx_file: g.onnx_sha256 for g in graphs}},
+            tools=tool_versions({"tensorrt": version}),
+            **onnx_facts,
+            onnx_parity=source.data.get("parity"),
+            gpu=gpu,
+            batch=config.batch,
+            precision=config.precision,
+            export_config=config.to_json(),
+            op_coverage=coverage,
+            engine_bytes_total=sum(int(g.engine_bytes or 0) for g in graphs),
+            build_seconds=round(time.perf_counter() - started, 3),
         )
-        data["files"] = {**data.get("files", {}), **{g["onnx_file"]: g["onnx_sha256"] for g in data["graphs"]}}
         Manifest(tmp, data).write()
     return load_manifest(out)

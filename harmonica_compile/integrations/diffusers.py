@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputError, ScheduleError
-from ..schedule import CacheSchedule
+from ..schedule import CacheSchedule, same_timestep
 
 __all__ = ["AcceleratedTransformer", "accelerate", "spec_from_folder", "spec_from_module", "text_conditions"]
 
@@ -131,7 +131,7 @@ def accelerate(pipe: Any, schedule: CacheSchedule | str, *, site_rules: Any = No
                 f"{schedule.num_steps}; pass num_inference_steps={schedule.num_steps} or train a schedule for "
                 f"{len(got)} steps"
             )
-        if any(abs(a - b) > 1e-4 * max(1.0, abs(b)) for a, b in zip(got, expected, strict=True)):
+        if not all(same_timestep(a, b) for a, b in zip(got, expected, strict=True)):
             raise ScheduleError(
                 f"the pipeline's scheduler uses timesteps {got[:4]}..., the schedule was made for {expected[:4]}...; "
                 "train the schedule with this scheduler"
@@ -184,7 +184,7 @@ def spec_from_module(
 ) -> Any:
     """A ModelSpec for a diffusers transformer (``DiTTransformer2DModel`` with class labels, or a
     text-conditioned one such as ``PixArtTransformer2DModel`` with ``conditions``)."""
-    from ..models.registry import ModelSpec
+    from ..models.spec import ModelSpec
     from ..sampling import DDIMSampler, DiffusersSampler
 
     config = getattr(module, "config", None)

@@ -9,9 +9,8 @@
 - ``package.module:factory`` (a callable returning a module, or a :class:`ModelSpec`) and a local
   diffusers folder (see :mod:`harmonica_compile.integrations.diffusers`).
 
-A :class:`ModelSpec` carries the module, its latent shape, its conditioning, the sampler to use,
-and ``denoiser(module)``: the module (or a :class:`~harmonica_compile.CachedModel` over it) as the
-``denoise(x, t, cond)`` callable of the sampling loop.
+The :class:`~harmonica_compile.models.spec.ModelSpec` it returns carries the module and how to
+drive it (its own module, which integrations import).
 
 Example:
     >>> spec = load_model("DiT-S/8@16")
@@ -23,10 +22,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -34,108 +30,9 @@ from torch import nn
 from ..errors import ConfigError, InputError
 from .dit import DiT, DiT_models
 from .pretrained import PRETRAINED, load_pretrained
+from .spec import ModelSpec
 
 __all__ = ["ModelSpec", "known_model_names", "load_model", "randomize_reference", "spec_for_module"]
-
-
-@dataclass
-class ModelSpec:
-    """A model and how to drive it; see the module docstring."""
-
-    name: str
-    model: nn.Module
-    latent_shape: tuple[int, ...]
-    num_classes: int | None = None
-    null_class: int | None = None
-    #: ``"reference-dit"`` (``model(x, t, y)``), ``"diffusers-dit"``, ``"diffusers-text"``, ``"custom"``.
-    kind: str = "reference-dit"
-    default_steps: int = 20
-    default_cfg_scale: float = 1.0
-    #: Name of the evaluator that applies (``"digits"`` for ``tiny-dit-digits``), else ``None``.
-    evaluator: str | None = None
-    #: Builds the sampler for a step count; DDIM over the linear-beta schedule by default.
-    make_sampler: Callable[[int], Any] | None = None
-    #: For text models: ``cond_fn(batch, generator) -> (cond, null_cond)``.
-    cond_fn: Callable[..., tuple[Any, Any]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def supports_cfg(self) -> bool:
-        return self.null_class is not None or self.cond_fn is not None
-
-    def sampler(self, steps: int | None = None) -> Any:
-        from ..sampling import DDIMSampler
-
-        steps = self.default_steps if steps is None else steps
-        return self.make_sampler(steps) if self.make_sampler is not None else DDIMSampler(steps)
-
-    def conditions(self, batch: int, seed: int = 0, labels: torch.Tensor | None = None) -> tuple[Any, Any]:
-        """``(cond, null_cond)`` for ``batch`` samples: class labels drawn from ``seed`` (or given)."""
-        if self.cond_fn is not None:
-            return self.cond_fn(batch, torch.Generator().manual_seed(seed))
-        if self.num_classes is None:
-            raise ConfigError(f"model {self.name!r} has no conditioning this spec knows how to draw")
-        if labels is None:
-            labels = torch.randint(0, self.num_classes, (batch,), generator=torch.Generator().manual_seed(seed))
-        null = None if self.null_class is None else torch.full((batch,), self.null_class, dtype=torch.long)
-        return labels, null
-
-    def noise(self, batch: int, seed: int = 0) -> torch.Tensor:
-        return torch.randn((batch, *self.latent_shape), generator=torch.Generator().manual_seed(seed))
-
-    def example_inputs(self, batch: int = 2) -> Any:
-        """Example inputs for capture, as the sampling loop will call the model."""
-        x = self.noise(batch, seed=1234)
-        cond, _null = self.conditions(batch, seed=1234)
-        t = torch.full((batch,), 500, dtype=torch.long)
-        return self._call_args(x, t, cond)
-
-    def _call_args(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> Any:
-        if self.kind == "reference-dit":
-            return (x, t, cond)
-        if self.kind == "diffusers-dit":
-            return {"hidden_states": x, "timestep": t, "class_labels": cond}
-        if self.kind == "diffusers-text":
-            return {"hidden_states": x, "timestep": t, **cond, **self.extra.get("call_kwargs", {})}
-        return (x, t, cond)
-
-    def denoiser(self, module: Callable[..., Any]) -> Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]:
-        """``module`` (this spec's model or a CachedModel over it) as ``denoise(x, t, cond)``."""
-        kind = self.kind
-
-        def denoise(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-            args = self._call_args(x, t, cond)
-            out = module(**args) if isinstance(args, dict) else module(*args)
-            if kind.startswith("diffusers"):
-                out = out[0] if isinstance(out, tuple) else out.sample
-            return out
-
-        denoise.reset = getattr(module, "reset", lambda: None)  # type: ignore[attr-defined]
-        return denoise
-
-    def cacheable(self) -> Any:
-        """The captured model with its sites (:func:`harmonica_compile.prepare`), made once per spec."""
-        if "cacheable" not in self.extra:
-            from ..cacheable import prepare
-
-            self.extra["cacheable"] = prepare(
-                self.model, self.example_inputs(2), model_name=self.name, site_rules=self.extra.get("site_rules")
-            )
-        return self.extra["cacheable"]
-
-    def describe(self) -> dict[str, Any]:
-        n = sum(p.numel() for p in self.model.parameters()) + sum(b.numel() for b in self.model.buffers())
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "class": type(self.model).__name__,
-            "parameters": n,
-            "latent_shape": list(self.latent_shape),
-            "num_classes": self.num_classes,
-            "null_class": self.null_class,
-            "default_steps": self.default_steps,
-            "default_cfg_scale": self.default_cfg_scale,
-        }
 
 
 def randomize_reference(model: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:

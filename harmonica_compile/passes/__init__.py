@@ -1,30 +1,23 @@
-"""Graph passes, one per file, and the pipeline they run in.
+"""Graph passes, one per file, and the pipelines they run in.
 
-The pipeline, in order (``harmonica-compile show --passes`` prints it)::
+``harmonica-compile show --passes`` prints the pipeline (:func:`describe_pipeline`)::
 
-    capture (torch.export)
-      1. remove_guards          drop export's input-guard call
-      2. remove_assertions      drop runtime assertion nodes (they block dead-code elimination)
-      3. remove_eval_dropout    dropout in eval mode is the identity
-      4. hoist_symbolic_sizes   every symbolic size reads a graph input, not an inner tensor
-      5. eliminate_dead_code    DCE that knows SDPA without dropout is pure
-      6. find_cache_sites       analysis: tag each site's output nodes
+    capture (torch.export, no pass)
+    prepare(): one PassManager
+      remove_guards, remove_assertions, remove_eval_dropout, hoist_symbolic_sizes,
+      eliminate_dead_code (the clean-up), flatten_inputs_outputs, find_cache_sites (analysis)
     then, per use:
-      insert_cache_branches     soft (router) or hard (mask) mix per site: training, reference
-      specialize                one step's mask -> graph with cached sites as inputs, dead code gone
+      insert_cache_branches (training, reference), specialize (one graph per step mask)
 
-Each pass returns a :class:`PassResult` and is checked after it runs (``Graph.lint()`` and the
-invariants in ``README.md`` next to this file).
+Each pass returns a :class:`PassResult` and is checked around its run (its ``requires``,
+``Graph.lint()``, the invariants in ``README.md`` next to this file, its ``ensures``).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import fx
-
 from .eliminate_dead_code import EliminateDeadCode, eliminate_dead_code
-from .find_cache_sites import BUILTIN_RULES, CacheSite, FindCacheSites, SiteRule, find_sites
+from .find_cache_sites import FindCacheSites, find_sites
+from .flatten_inputs_outputs import FlattenInputsOutputs
 from .hoist_symbolic_sizes import HoistSymbolicSizes
 from .infra import (
     GraphPass,
@@ -32,6 +25,7 @@ from .infra import (
     PassResult,
     check_graph,
     clone_graph_module,
+    describe_passes,
     graph_text,
     input_names,
     output_names,
@@ -41,14 +35,19 @@ from .insert_cache_branches import InsertCacheBranches
 from .remove_assertions import RemoveAssertions
 from .remove_eval_dropout import RemoveEvalDropout
 from .remove_guards import RemoveGuards
+from .site_rules import BUILTIN_RULES
+from .sites import CacheSite, SiteRule
 from .specialize import Specialize
 
 __all__ = [
     "BUILTIN_RULES",
     "CLEANUP_PIPELINE",
+    "PER_USE_PASSES",
+    "PREPARE_PASSES",
     "CacheSite",
     "EliminateDeadCode",
     "FindCacheSites",
+    "FlattenInputsOutputs",
     "GraphPass",
     "HoistSymbolicSizes",
     "InsertCacheBranches",
@@ -67,11 +66,10 @@ __all__ = [
     "graph_text",
     "input_names",
     "output_names",
-    "run_cleanup",
     "stamp",
 ]
 
-#: The clean-up passes ``capture`` runs, in order.
+#: The clean-up passes, in order (the first part of ``prepare``'s pipeline).
 CLEANUP_PIPELINE: tuple[GraphPass, ...] = (
     RemoveGuards(),
     RemoveAssertions(),
@@ -79,14 +77,24 @@ CLEANUP_PIPELINE: tuple[GraphPass, ...] = (
     HoistSymbolicSizes(),
     EliminateDeadCode(),
 )
-
-
-def run_cleanup(gm: fx.GraphModule, **dump: Any) -> list[tuple[str, dict[str, Any]]]:
-    """Run :data:`CLEANUP_PIPELINE` on ``gm`` in place; return each pass's changes."""
-    _, done = PassManager(CLEANUP_PIPELINE, **dump)(gm)
-    return [(name, result.changes) for name, result in done]
+#: The pass classes ``prepare`` runs, in order (it builds the last two for the captured model).
+PREPARE_PASSES: tuple[type[GraphPass], ...] = (
+    *(type(p) for p in CLEANUP_PIPELINE),
+    FlattenInputsOutputs,
+    FindCacheSites,
+)
+#: Passes run per use of a prepared model: routed graphs (training) and one graph per step mask.
+PER_USE_PASSES: tuple[type[GraphPass], ...] = (InsertCacheBranches, Specialize)
 
 
 def describe_pipeline() -> str:
-    """The pipeline as printed by ``harmonica-compile show --passes``."""
-    return __doc__.split("::", 1)[1].split("Each pass returns")[0].strip("\n")
+    """The pipeline as ``harmonica-compile show --passes`` prints it, from the pass lists themselves."""
+    return "\n".join(
+        [
+            "capture (torch.export; no pass)",
+            "prepare(): one PassManager",
+            describe_passes(PREPARE_PASSES),
+            "then, per use:",
+            describe_passes(PER_USE_PASSES, start=len(PREPARE_PASSES) + 1),
+        ]
+    )

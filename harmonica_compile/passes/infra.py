@@ -1,11 +1,15 @@
-"""Pass infrastructure: a pass returns what it changed, and the graph is checked after every pass.
+"""Pass infrastructure: a pass returns what it changed, and the graph is checked around every pass.
 
-A pass is a small object with a ``name``; calling it on a ``GraphModule`` returns a
-:class:`PassResult` and, before returning, checks the graph with ``Graph.lint()`` and the invariants
-listed in ``passes/README.md``. A :class:`PassManager` runs a visible list of passes, wraps any
-failure as ``error in pass X after passes [...]``, and can dump the graph before or after a named
-pass (``dump_before`` / ``dump_after``, or the ``HARMONICA_DUMP`` environment variable, e.g.
-``HARMONICA_DUMP=before:specialize,after:insert_cache_branches``).
+A pass is a small object with a ``name`` (like torch.fx's ``PassBase``); calling it on a
+``GraphModule`` first checks its preconditions (:meth:`GraphPass.requires`), runs it, then checks
+the graph with ``Graph.lint()``, the invariants listed in ``passes/README.md`` and the pass's own
+post-conditions (:meth:`GraphPass.ensures`), and returns a :class:`PassResult`.
+
+A :class:`PassManager` is itself a pass: it runs a visible list of passes (pipelines nest), wraps
+any failure as ``error in pass X after passes [...]``, returns a :class:`PassResult` whose
+``history`` lists every pass it ran with its result, and can dump the graph before or after a
+named pass (``dump_before`` / ``dump_after`` arguments, which must name one of its passes; or the
+``HARMONICA_DUMP`` environment variable, e.g. ``HARMONICA_DUMP=before:specialize``).
 
 Example:
     >>> from harmonica_compile.passes import CLEANUP_PIPELINE
@@ -21,32 +25,25 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import fx
 
-from ..errors import HarmonicaError, PassError
+from ..errors import ConfigError, HarmonicaError, PassError
+from ..names import INPUT_NAME, INPUT_NAMES, OUTPUT_NAMES, PROVENANCE
 
 __all__ = [
     "GraphPass",
     "PassManager",
     "PassResult",
     "check_graph",
+    "describe_passes",
     "graph_text",
     "input_names",
     "output_names",
     "stamp",
 ]
-
-#: ``node.meta`` key holding ``{"pass", "site", "branch"}`` on every node a pass creates.
-PROVENANCE = "harmonica"
-#: ``node.meta`` key on placeholders: the input's public name (``x``, ``cache.blocks.0.attn``).
-INPUT_NAME = "harmonica_input"
-#: ``node.meta`` key on site output nodes: ``(site name, output index)``.
-SITE_OUTPUT = "harmonica_site"
-#: ``gm.meta`` key: public names of the graph's outputs, in order.
-OUTPUT_NAMES = "harmonica_output_names"
 
 
 def stamp(node: fx.Node, pass_name: str, site: str | None = None, branch: str | None = None) -> fx.Node:
@@ -72,11 +69,15 @@ def output_node(graph: fx.Graph) -> fx.Node:
 
 @dataclass
 class PassResult:
-    """What a pass returns: the (possibly new) graph module, whether it changed, and how."""
+    """What a pass returns: the (possibly new) graph module, whether it changed, and how.
+
+    A :class:`PassManager`'s result also lists, in ``history``, every pass it ran and its result.
+    """
 
     graph_module: fx.GraphModule
     modified: bool
     changes: dict[str, Any] = field(default_factory=dict)
+    history: list[tuple[str, PassResult]] = field(default_factory=list)
 
 
 class GraphPass(abc.ABC):
@@ -86,16 +87,20 @@ class GraphPass(abc.ABC):
     same inputs; the test suite checks every such pass against the graph before it.
     """
 
-    name: ClassVar[str]
-    preserves_computation: ClassVar[bool] = True
+    name: str
+    preserves_computation: bool = True
 
     @abc.abstractmethod
     def call(self, gm: fx.GraphModule) -> PassResult: ...
+
+    def requires(self, gm: fx.GraphModule) -> None:
+        """Preconditions on the graph this pass is given; raise :class:`PassError` saying what is missing."""
 
     def ensures(self, gm: fx.GraphModule) -> None:
         """Post-conditions specific to this pass; raise :class:`PassError` naming the node."""
 
     def __call__(self, gm: fx.GraphModule) -> PassResult:
+        self.requires(gm)
         before = {n.name for n in gm.graph.nodes}
         result = self.call(gm)
         check_graph(result.graph_module, pass_name=self.name, existing=before)
@@ -116,7 +121,7 @@ def check_graph(gm: fx.GraphModule, *, pass_name: str, existing: Iterable[str] |
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
         raise PassError(f"{pass_name}: duplicate graph input names {dup}")
-    recorded = gm.meta.get("harmonica_input_names")
+    recorded = gm.meta.get(INPUT_NAMES)
     if recorded is not None and tuple(recorded) != tuple(names):
         raise PassError(f"{pass_name}: gm.meta records inputs {list(recorded)} but the placeholders are {names}")
     out = output_node(gm.graph)
@@ -153,6 +158,15 @@ def check_graph(gm: fx.GraphModule, *, pass_name: str, existing: Iterable[str] |
             )
 
 
+def describe_passes(passes: Iterable[GraphPass | type[GraphPass]], start: int = 1) -> str:
+    """Numbered lines ``name  first docstring line`` for passes (instances or classes)."""
+    lines = []
+    for i, p in enumerate(passes, start):
+        doc = (p.__doc__ or "").strip().splitlines()
+        lines.append(f"{i:4d}. {p.name:<24} {doc[0] if doc else ''}")
+    return "\n".join(lines)
+
+
 def graph_text(gm: fx.GraphModule) -> str:
     """The graph as readable text, with the public input and output names."""
     head = f"# inputs: {input_names(gm)}\n# outputs: {output_names(gm)}\n"
@@ -168,37 +182,57 @@ def _env_dumps() -> tuple[set[str], set[str]]:
     return before, after
 
 
-class PassManager:
-    """Runs passes in order; see the module docstring."""
+class PassManager(GraphPass):
+    """Runs passes in order, and is itself a pass; see the module docstring."""
 
     def __init__(
         self,
         passes: Sequence[GraphPass],
         *,
+        name: str = "pipeline",
         dump_before: Iterable[str] = (),
         dump_after: Iterable[str] = (),
         dump_dir: str | os.PathLike[str] | None = None,
     ):
         self.passes = list(passes)
+        self.name = name
+        self.preserves_computation = all(p.preserves_computation for p in self.passes)
+        known = set(self.pass_names())
+        asked = set(dump_before) | set(dump_after)
+        unknown = sorted(asked - known)
+        if unknown:
+            raise ConfigError(f"no pass named {unknown} in the pipeline; its passes are {self.pass_names()}")
+        # Names from the environment may name passes of other pipelines: those simply do not fire here.
         env_before, env_after = _env_dumps()
         self.dump_before = set(dump_before) | env_before
         self.dump_after = set(dump_after) | env_after
-        self.dump_dir = (
-            Path(dump_dir or os.environ.get("HARMONICA_DUMP_DIR", ""))
-            if (dump_dir or os.environ.get("HARMONICA_DUMP_DIR"))
-            else None
-        )
-        known = {p.name for p in self.passes}
-        # Names of passes in other pipelines are fine; they simply do not fire here.
-        self._unknown = (self.dump_before | self.dump_after) - known
+        env_dir = os.environ.get("HARMONICA_DUMP_DIR")
+        self.dump_dir = Path(dump_dir) if dump_dir else Path(env_dir) if env_dir else None
+        for p in self.passes:  # nested pipelines dump with the outer one's settings
+            if isinstance(p, PassManager):
+                p.dump_before |= self.dump_before
+                p.dump_after |= self.dump_after
+                p.dump_dir = p.dump_dir or self.dump_dir
 
     def __repr__(self) -> str:
         return "PassManager([" + ", ".join(p.name for p in self.passes) + "])"
 
+    def pass_names(self) -> list[str]:
+        """Every pass this pipeline runs, nested pipelines expanded, in order."""
+        names: list[str] = []
+        for p in self.passes:
+            names += p.pass_names() if isinstance(p, PassManager) else [p.name]
+        return names
+
     def describe(self) -> str:
-        return "\n".join(
-            f"{i + 1}. {p.name}: {(type(p).__doc__ or '').strip().splitlines()[0]}" for i, p in enumerate(self.passes)
-        )
+        """One line per pass: its number, name and the first line of its docstring."""
+        return describe_passes(self._leaves())
+
+    def _leaves(self) -> list[GraphPass]:
+        out: list[GraphPass] = []
+        for p in self.passes:
+            out += p._leaves() if isinstance(p, PassManager) else [p]
+        return out
 
     def _dump(self, gm: fx.GraphModule, when: str, name: str, index: int) -> None:
         text = graph_text(gm)
@@ -208,7 +242,7 @@ class PassManager:
         self.dump_dir.mkdir(parents=True, exist_ok=True)
         (self.dump_dir / f"{index:02d}-{when}-{name}.txt").write_text(text)
 
-    def __call__(self, gm: fx.GraphModule) -> tuple[fx.GraphModule, list[tuple[str, PassResult]]]:
+    def call(self, gm: fx.GraphModule) -> PassResult:
         done: list[tuple[str, PassResult]] = []
         for i, p in enumerate(self.passes):
             if p.name in self.dump_before:
@@ -221,10 +255,15 @@ class PassManager:
             except Exception as e:
                 raise PassError(f"{where}: {type(e).__name__}: {e}") from e
             gm = result.graph_module
-            done.append((p.name, result))
+            done += result.history if isinstance(p, PassManager) else [(p.name, result)]
             if p.name in self.dump_after:
                 self._dump(gm, "after", p.name, i)
-        return gm, done
+        changes = {name: r.changes for name, r in done}
+        return PassResult(gm, any(r.modified for _, r in done), changes, done)
+
+    def __call__(self, gm: fx.GraphModule) -> PassResult:
+        # every pass it runs checks the graph after itself; the pipeline adds no check of its own
+        return self.call(gm)
 
 
 def clone_graph_module(gm: fx.GraphModule) -> fx.GraphModule:

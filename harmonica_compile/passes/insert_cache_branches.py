@@ -23,8 +23,9 @@ import torch
 from torch import fx
 
 from ..errors import PassError
-from .find_cache_sites import CacheSite
-from .infra import INPUT_NAME, OUTPUT_NAMES, GraphPass, PassResult, output_node, stamp
+from ..names import FRESH, INPUT_NAME, INPUT_NAMES, OUTPUT_NAMES, ROUTING
+from .infra import GraphPass, PassResult, output_node, stamp
+from .sites import CacheSite
 
 __all__ = ["InsertCacheBranches"]
 
@@ -91,12 +92,10 @@ class InsertCacheBranches(GraphPass):
         model_outputs = tuple(out.args[0])
         out.args = (model_outputs + tuple(fresh_outputs),)
         names = list(gm.meta.get(OUTPUT_NAMES, [f"output.{i}" for i in range(len(model_outputs))]))
-        names += [n for site in self.sites for n in site.cache_names("fresh")]
+        names += [n for site in self.sites for n in site.cache_names(FRESH)]
         gm.meta[OUTPUT_NAMES] = tuple(names)
-        gm.meta["harmonica_routing"] = self.mode
-        gm.meta["harmonica_input_names"] = tuple(
-            n.meta.get(INPUT_NAME, n.name) for n in graph.nodes if n.op == "placeholder"
-        )
+        gm.meta[ROUTING] = self.mode
+        gm.meta[INPUT_NAMES] = tuple(n.meta.get(INPUT_NAME, n.name) for n in graph.nodes if n.op == "placeholder")
         gm.recompile()
         return PassResult(
             gm,

@@ -9,15 +9,13 @@ outputs then ``new_cache.*`` in site order.
 
 Example (a 2-block DiT, both MLPs cached):
     >>> import torch
-    >>> from harmonica_compile.capture import capture
+    >>> from harmonica_compile import prepare
     >>> from harmonica_compile.models import DiT_models
-    >>> from harmonica_compile.passes import find_sites
     >>> m = DiT_models["DiT-S/8"](input_size=16, num_classes=10)
     >>> m.blocks = m.blocks[:2]
-    >>> cap = capture(m, (torch.randn(2, 4, 16, 16), torch.tensor([1, 1]), torch.tensor([0, 1])))
-    >>> sites = find_sites(cap.graph_module)
-    >>> step = Specialize(sites, [True, False, True, False], refresh=["blocks.0.attn"])
-    >>> gm = step(cap.graph_module).graph_module
+    >>> cm = prepare(m, (torch.randn(2, 4, 16, 16), torch.tensor([1, 1]), torch.tensor([0, 1])))
+    >>> step = Specialize(cm.sites, [True, False, True, False], refresh=["blocks.0.attn"])
+    >>> gm = step(cm.graph_module).graph_module
     >>> gm.meta["harmonica_input_names"], gm.meta["harmonica_output_names"]
     (('x', 't', 'y', 'cache.blocks.0.mlp', 'cache.blocks.1.mlp'), ('output', 'new_cache.blocks.0.attn'))
 """
@@ -29,9 +27,10 @@ from collections.abc import Iterable, Sequence
 from torch import fx
 
 from ..errors import PassError
+from ..names import INPUT_NAME, INPUT_NAMES, MASK, NEW_CACHE, OUTPUT_NAMES, REFRESH, ROUTING
 from .eliminate_dead_code import is_impure
-from .find_cache_sites import CacheSite
-from .infra import INPUT_NAME, OUTPUT_NAMES, GraphPass, PassResult, output_node, stamp
+from .infra import GraphPass, PassResult, clone_graph_module, output_node, stamp
+from .sites import CacheSite
 
 __all__ = ["Specialize"]
 
@@ -59,8 +58,6 @@ class Specialize(GraphPass):
             raise PassError(f"{self.name}: sites {cached_refresh} are cached in this step, so they cannot be refreshed")
 
     def call(self, gm: fx.GraphModule) -> PassResult:
-        from .infra import clone_graph_module
-
         gm = clone_graph_module(gm)
         graph = gm.graph
         nodes = {n.name: n for n in graph.nodes}
@@ -80,7 +77,7 @@ class Specialize(GraphPass):
             if compute:
                 if site.name in self.refresh:
                     new_outputs.extend(outs)  # type: ignore[arg-type]
-                    new_output_names.extend(site.cache_names("new_cache"))
+                    new_output_names.extend(site.cache_names(NEW_CACHE))
                 continue
             for out, cname in zip(outs, site.cache_names(), strict=True):
                 with graph.inserting_after(anchor):
@@ -97,10 +94,10 @@ class Specialize(GraphPass):
         out_node.args = (model_outputs + tuple(new_outputs),)
         graph.eliminate_dead_code(is_impure_node=is_impure)
         gm.meta[OUTPUT_NAMES] = tuple(list(gm.meta.get(OUTPUT_NAMES, ())) + new_output_names)
-        gm.meta["harmonica_input_names"] = tuple(input_names)
-        gm.meta["harmonica_mask"] = tuple(self.mask)
-        gm.meta["harmonica_refresh"] = tuple(s.name for s in self.sites if s.name in self.refresh)
-        gm.meta.pop("harmonica_routing", None)
+        gm.meta[INPUT_NAMES] = tuple(input_names)
+        gm.meta[MASK] = tuple(self.mask)
+        gm.meta[REFRESH] = tuple(s.name for s in self.sites if s.name in self.refresh)
+        gm.meta.pop(ROUTING, None)
         gm.delete_all_unused_submodules()
         gm.recompile()
         return PassResult(

@@ -1,9 +1,10 @@
-"""What every exported-folder runtime shares: the step logic of a sampling run over a manifest.
+"""What every exported-folder runtime shares: a sampling run over a manifest's graphs.
 
-A runner is the ``denoise(x, t, cond)`` callable of the one sampling loop. It finds the step from
-the timestep (the first timestep starts a new run), feeds the step's graph the latent, timestep,
-conditions and the cached site values it reads, keeps the refreshed ones, and returns the model's
-prediction. Subclasses only run a graph on named arrays (ONNX Runtime, TensorRT).
+A runner is the ``denoise(x, t, cond)`` callable of the one sampling loop. The step logic (step
+from timestep, new run at step 0, the batch lock, the cache and its refresh rule) is the
+:class:`~harmonica_compile.engine.StepEngine` that the torch CachedModel uses too; the runner maps
+the latent, timestep and conditions onto each graph's named inputs, and subclasses only run a
+graph on named arrays (ONNX Runtime, TensorRT).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 import torch
 
-from ..errors import InputError, RuntimeBackendError, ScheduleError
+from ..engine import GraphIO, StepEngine
+from ..errors import InputError, RuntimeBackendError
 from ..exporters.manifest import Manifest, load_manifest
 
 __all__ = ["EngineRunner"]
@@ -28,18 +30,24 @@ class EngineRunner:
         self.folder = Path(folder)
         self.manifest = manifest or load_manifest(self.folder)
         self._graphs = self.manifest.graphs
-        self._step_graph = [int(s["graph"]) for s in self.manifest.steps]
+        step_graph = [int(s["graph"]) for s in self.manifest.steps]
         #: Run step 0's graph (every site computed) at every step: the full-compute reference.
         self.full_compute = full_compute
         if full_compute:
-            first = self._step_graph[0]
+            first = step_graph[0]
             if not all(self._graphs[first]["mask"]):
                 raise RuntimeBackendError(f"{self.folder}: step 0's graph does not compute every site")
-            self._step_graph = [first] * len(self._step_graph)
+            step_graph = [first] * len(step_graph)
         self._timesteps = self.manifest.timesteps
-        self._cache: dict[str, Any] = {}
-        self._next = 0
-        self._batch: int | None = None
+        io = [
+            GraphIO(
+                tuple(e["name"] for e in g["inputs"] if e["role"] == "cache_in"),
+                tuple(e["name"] for e in g["outputs"] if e["role"] == "cache_out"),
+            )
+            for g in self._graphs
+        ]
+        #: The run's state, shared with every other runtime (hooks: ``runner.engine.add_hook``).
+        self.engine = StepEngine(io, step_graph, self._timesteps, owner=str(self.folder))
         #: The batch sizes the graphs take: ``{"min", "opt", "max"}`` from the manifest (model batch,
         #: i.e. images x 2 with classifier-free guidance).
         self.batch_range = dict(self.manifest.data.get("batch", {"min": 1, "max": 1 << 30}))
@@ -90,23 +98,7 @@ class EngineRunner:
 
     # ------------------------------------------------------------------ running
     def reset(self) -> None:
-        self._cache.clear()
-        self._next = 0
-        self._batch = None
-
-    def _resolve_step(self, t: torch.Tensor) -> int:
-        value = float(t.reshape(-1)[0])
-        expected = self._next if self._next < self.num_steps else 0
-        tol = 1e-4 * max(1.0, abs(value))
-        if abs(self._timesteps[expected] - value) <= tol:
-            return expected
-        matches = [i for i, ts in enumerate(self._timesteps) if abs(ts - value) <= tol]
-        if not matches:
-            raise ScheduleError(
-                f"timestep {value:g} is not one of the {self.num_steps} timesteps of {self.folder}; the folder was "
-                "exported for another sampler or step count"
-            )
-        return matches[0]
+        self.engine.reset()
 
     def _check_batch(self, batch: int, name: str) -> None:
         lo, hi = int(self.batch_range.get("min", 1)), int(self.batch_range.get("max", 1 << 30))
@@ -116,58 +108,42 @@ class EngineRunner:
                 "split the batch (generate() and bench do) or export again with a larger --max-batch"
             )
 
-    def _feeds(self, graph: Mapping[str, Any], x: torch.Tensor, t: torch.Tensor, cond: Any) -> dict[str, Any]:
+    def _model_feeds(self, graph: Mapping[str, Any], x: torch.Tensor, t: torch.Tensor, cond: Any) -> dict[str, Any]:
+        """The graph's model inputs (latent, timestep, conditions) by name, in graph order."""
         feeds: dict[str, Any] = {}
         conds = [i for i in graph["inputs"] if i["role"] == "condition"]
         for entry in graph["inputs"]:
             name, role = entry["name"], entry["role"]
             if role == "latent":
-                value = x
+                feeds[name] = x
             elif role == "timestep":
-                value = t
+                feeds[name] = t
             elif role == "condition":
                 if isinstance(cond, Mapping):
                     if name not in cond:
                         raise InputError(f"condition input '{name}' is missing; got {sorted(cond)}")
-                    value = cond[name]
+                    feeds[name] = cond[name]
                 elif len(conds) == 1:
-                    value = cond
+                    feeds[name] = cond
                 else:
                     raise InputError(f"the graph takes conditions {[c['name'] for c in conds]}; pass a dict")
-            elif role == "cache_in":
-                if name not in self._cache:
-                    raise ScheduleError(f"step {self._next}: '{name}' was never computed in this run")
-                feeds[name] = self._cache[name]
-                continue
-            else:
+            elif role != "cache_in":
                 raise RuntimeBackendError(f"{self.folder}: input '{name}' has an unknown role {role!r}")
-            feeds[name] = value
         return feeds
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        step = self._resolve_step(t)
-        if step == 0:
-            self.reset()
         batch = int(x.shape[0])
         self._check_batch(batch, "latent")
-        if self._batch is not None and batch != self._batch:
-            raise InputError(f"step {step}: batch {batch} but the cache holds batch {self._batch}; call reset()")
-        self._batch = batch
-        graph = self._graphs[self._step_graph[step]]
-        self._next = step
-        outputs = self._run(graph["id"], self._feeds(graph, x, t, cond))
-        result = None
-        for entry, value in zip(graph["outputs"], outputs, strict=True):
-            if entry["role"] == "cache_out":
-                if self.full_compute:
-                    continue
-                self._cache["cache." + entry["name"][len("new_cache.") :]] = value
-            elif result is None:
-                result = value
-        self._next = step + 1
-        if self._next >= self.num_steps:
-            self.reset()
-        return self._to_torch(result)
+
+        def run(graph_id: int, model_inputs: Any, cache_inputs: Any) -> list[Any]:
+            graph = self._graphs[graph_id]
+            feeds = self._model_feeds(graph, x, t, cond)
+            cache_names = [e["name"] for e in graph["inputs"] if e["role"] == "cache_in"]
+            feeds.update(zip(cache_names, cache_inputs, strict=True))
+            return self._run(graph_id, {e["name"]: feeds[e["name"]] for e in graph["inputs"]})
+
+        outputs = self.engine.step(float(t.reshape(-1)[0]), batch, (x, t, cond), run)
+        return self._to_torch(outputs[0])
 
     # ------------------------------------------------------------------ backend
     def _run(self, graph_id: int, feeds: dict[str, Any]) -> list[Any]:

@@ -106,9 +106,7 @@ def bench_engine(
     sampler = spec.sampler(schedule.num_steps)
     cfg = spec.default_cfg_scale if cfg_scale is None else cfg_scale
     if runtime == "torch":
-        from ..api import cached_for_spec
-
-        cached = spec.denoiser(cached_for_spec(spec, schedule))
+        cached = spec.denoiser(spec.cached(schedule))
         full = spec.denoiser(spec.model)
     else:
         from . import open_engine

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import ConfigError
 from .guidance import slice_conditions, uses_cfg
+from .loop import sample
 
 __all__ = ["fit_batch", "generate", "sample_set"]
 
@@ -61,8 +62,6 @@ def generate(
 
     ``images`` is ``[num, C, H, W]`` float32, clamped to [-1, 1] unless ``clamp=False``.
     """
-    from . import sample
-
     steps = spec.default_steps if steps is None else steps
     cfg_scale = spec.default_cfg_scale if cfg_scale is None else float(cfg_scale)
     if cfg_scale != 1.0 and not spec.supports_cfg:

@@ -55,7 +55,7 @@ class StepRunner:
 
     def flat_inputs(self, x: torch.Tensor, index: int, cond: Any, null: Any) -> list[torch.Tensor]:
         x_in, t_in, c_in = model_inputs(self.sampler, x, index, cond, self.cfg_scale, null)
-        args = self.spec._call_args(x_in, t_in, c_in)
+        args = self.spec.call_args(x_in, t_in, c_in)
         if isinstance(args, dict):
             return self.captured.flatten_inputs((), args)
         return self.captured.flatten_inputs(args, {})

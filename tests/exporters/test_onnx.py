@@ -18,6 +18,7 @@ from harmonica_compile.exporters import onnx as onnx_exporter
 from harmonica_compile.exporters.manifest import load_manifest
 from harmonica_compile.exporters.onnx import export_onnx
 from harmonica_compile.runtime.ort import OrtRunner
+from harmonica_compile.runtime.parity import onnx_parity_gate
 from harmonica_compile.sampling import generate
 
 STEPS = 5
@@ -39,7 +40,9 @@ def schedule(spec):
 def exported(spec, schedule, tmp_path_factory):
     out = tmp_path_factory.mktemp("eng") / "eng"
     cached = cached_for_spec(spec, schedule)
-    manifest = export_onnx(cached, out, model_name=spec.name, sampler=spec.sampler(STEPS), spec=spec, max_batch=8)
+    sampler = spec.sampler(STEPS)
+    gate = onnx_parity_gate(spec, sampler)
+    manifest = export_onnx(cached, out, model_name=spec.name, sampler=sampler, spec=spec, max_batch=8, check=gate)
     return out, manifest, cached
 
 
@@ -195,7 +198,13 @@ def test_failed_parity_gate_leaves_nothing_behind(spec, schedule, tmp_path, monk
     (previous / "old.txt").write_text("an earlier export")
     monkeypatch.setattr(onnx_exporter, "_externalize", corrupt)
     with pytest.raises(ExportError, match=r"parity gate: graph 0 \(graph_000.onnx\) output 'output' differs"):
-        export_onnx(cached_for_spec(spec, schedule), previous, model_name=spec.name, sampler=spec.sampler(STEPS))
+        export_onnx(
+            cached_for_spec(spec, schedule),
+            previous,
+            model_name=spec.name,
+            sampler=spec.sampler(STEPS),
+            check=onnx_parity_gate(),
+        )
     assert [p.name for p in previous.iterdir()] == ["old.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["eng"]  # no temporary folder left
 

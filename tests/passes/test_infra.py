@@ -44,7 +44,7 @@ def test_cleanup_passes_preserve_computation(which, upto):
     gm = _raw_export(model, inputs)
     passes = CLEANUP_PIPELINE[: upto + 1]
     assert passes[-1].preserves_computation
-    gm, _ = PassManager(passes)(gm)
+    gm = PassManager(passes)(gm).graph_module
     with torch.no_grad():
         want = model(**inputs) if isinstance(inputs, dict) else model(*inputs)
         got = gm(**inputs) if isinstance(inputs, dict) else gm(*inputs)
@@ -55,14 +55,16 @@ def test_cleanup_passes_preserve_computation(which, upto):
 
 def test_cleanup_reports_what_changed():
     gm = _raw_export(tiny_diffusers_dit(), diffusers_dit_inputs())
-    gm, done = PassManager(CLEANUP_PIPELINE)(gm)
+    result = PassManager(CLEANUP_PIPELINE)(gm)
+    gm, done = result.graph_module, result.history
     changes = {name: r.changes for name, r in done}
+    assert result.changes == changes and result.modified
     assert changes["remove_guards"] == {"removed": 1}
     assert changes["remove_eval_dropout"] == {"removed": 4}
     assert all(isinstance(r, PassResult) for _, r in done)
     # running the pipeline again finds nothing left to do
-    _, again = PassManager(CLEANUP_PIPELINE)(gm)
-    assert not any(r.modified for _, r in again)
+    again = PassManager(CLEANUP_PIPELINE)(gm)
+    assert not again.modified and not any(r.modified for _, r in again.history)
 
 
 class _AddsUnstampedNode(GraphPass):

@@ -34,6 +34,7 @@ from harmonica_compile.runtime.ort import (
     onnxruntime_install_problem,
     resolve_providers,
 )
+from harmonica_compile.runtime.parity import onnx_parity_gate
 from harmonica_compile.sampling import generate
 
 STEPS = 4
@@ -81,7 +82,9 @@ def test_parity_gate_runs_on_the_cpu_provider_whatever_is_offered(spec, claims_g
     sites = spec.cacheable().site_names
     schedule = CacheSchedule.fora(sites, STEPS, 2, timesteps=[float(t) for t in spec.sampler(STEPS).timesteps])
     cached = cached_for_spec(spec, schedule)
-    export_onnx(cached, tmp_path / "eng", model_name=spec.name, sampler=spec.sampler(STEPS), spec=spec, max_batch=8)
+    sampler = spec.sampler(STEPS)
+    gate = onnx_parity_gate(spec, sampler)
+    export_onnx(cached, tmp_path / "eng", model_name=spec.name, sampler=sampler, spec=spec, max_batch=8, check=gate)
     assert session_providers  # the gate created sessions
     assert all(p == [CPU_PROVIDER] for p in session_providers)
 

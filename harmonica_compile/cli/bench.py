@@ -1,0 +1,40 @@
+"""``harmonica-compile bench``: latency of an exported schedule against full compute, in one run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .common import PROVIDERS_HELP, finite_float, positive_int, provider_list
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="latency of an exported schedule against full compute, in one run")
+    p.add_argument("engine", help="an exported folder")
+    p.add_argument("--runtime", default="ort", choices=["torch", "ort", "trt"])
+    p.add_argument("--providers", default=None, help=PROVIDERS_HELP)
+    p.add_argument("--images", type=positive_int, default=8, help="images per sampling run (default 8)")
+    p.add_argument("--model", default=None, help="the model (default: the one the folder was exported from)")
+    p.add_argument("--repeat", type=positive_int, default=5)
+    p.add_argument("--cfg-scale", type=finite_float, default=None)
+    p.add_argument("--threads", type=positive_int, default=2)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..runtime.bench import bench_engine, format_bench
+
+    result = bench_engine(
+        args.engine,
+        runtime=args.runtime,
+        images=args.images,
+        repeat=args.repeat,
+        threads=args.threads,
+        cfg_scale=args.cfg_scale,
+        model=args.model,
+        providers=provider_list(args.providers),
+    )
+    print(format_bench(result))
+    print(f"wrote {Path(args.engine) / 'bench.json'}")
+    return 0

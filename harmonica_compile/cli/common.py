@@ -1,0 +1,63 @@
+"""What the commands share: argument types, the default model, and how results are printed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "PROVIDERS_HELP",
+    "add_sampling_args",
+    "finite_float",
+    "positive_int",
+    "print_json",
+    "provider_list",
+]
+
+DEFAULT_MODEL = "tiny-dit-digits"
+PROVIDERS_HELP = (
+    "ONNX Runtime execution providers in order, comma-separated (default: CUDAExecutionProvider when "
+    "offered, else CPUExecutionProvider; TensorrtExecutionProvider only when named)"
+)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def provider_list(text: str | None) -> list[str] | None:
+    return None if text is None else [p for p in text.split(",") if p]
+
+
+def add_sampling_args(p: argparse.ArgumentParser, *, model_default: str | None = DEFAULT_MODEL) -> None:
+    p.add_argument(
+        "--model",
+        default=model_default,
+        help=f"model name, checkpoint, diffusers folder or pkg.mod:factory (default {DEFAULT_MODEL})",
+    )
+    p.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: the model's)")
+    p.add_argument("--cfg-scale", type=finite_float, default=None, help="classifier-free guidance scale; 1 disables it")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))

@@ -1,0 +1,86 @@
+"""``harmonica-compile sample``: samples through full compute, a schedule, or an exported folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..errors import ConfigError
+from .common import DEFAULT_MODEL, PROVIDERS_HELP, add_sampling_args, positive_int, provider_list
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("sample", help="generate samples (full compute, a schedule, or an exported engine)")
+    add_sampling_args(p, model_default=None)
+    p.add_argument("--num", type=positive_int, default=16, help="number of samples")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per call (engines: what fits)")
+    p.add_argument("--schedule", default=None, help="schedule.json (or its folder) to sample through a CachedModel")
+    p.add_argument("--engine", default=None, help="an exported folder (ONNX or TensorRT) to sample with")
+    p.add_argument("--runtime", default="auto", choices=["auto", "ort", "trt"], help="runtime for --engine")
+    p.add_argument("--providers", default=None, help=PROVIDERS_HELP)
+    p.add_argument("--out", required=True, help="output .npz with images (N x C x H x W in [-1, 1]) and labels")
+    p.add_argument("--grid", default=None, help="also write a PNG grid of the samples")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..models.registry import load_model
+    from ..sampling import generate, save_samples
+
+    torch.set_num_threads(args.threads)
+    if args.engine:
+        from ..runtime import open_engine
+
+        providers = provider_list(args.providers)
+        if providers and args.runtime == "trt":
+            raise ConfigError("--providers chooses ONNX Runtime execution providers; --runtime trt takes none")
+        runner = open_engine(args.engine, runtime=args.runtime, **({"providers": providers} if providers else {}))
+        spec = load_model(runner.manifest.model_source if args.model is None else args.model)
+        runner.check_model(spec.name)
+        steps = runner.num_steps if args.steps is None else args.steps
+        runner.check_steps(steps)
+        denoise: Any = runner
+        note = getattr(runner, "provider_note", None)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+    else:
+        spec = load_model(args.model or DEFAULT_MODEL)
+        steps = spec.default_steps if args.steps is None else args.steps
+        denoise = None
+        if args.schedule is not None:
+            from ..workflows import schedule_file
+
+            denoise = spec.denoiser(spec.cached(str(schedule_file(args.schedule)), steps=steps))
+    cfg = spec.default_cfg_scale if args.cfg_scale is None else args.cfg_scale
+    images, labels = generate(
+        spec,
+        denoise,
+        num=args.num,
+        steps=steps,
+        cfg_scale=cfg,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    if args.engine:
+        print(f"ran on {denoise.describe()}")
+    meta = {
+        "model": spec.name,
+        "steps": steps,
+        "cfg_scale": cfg,
+        "seed": args.seed,
+        "num": args.num,
+        "schedule": args.schedule,
+        "engine": args.engine,
+    }
+    out = save_samples(args.out, images, labels, meta)
+    if args.grid:
+        from ..plots import save_grid
+
+        save_grid(images[: min(len(images), 100)], args.grid, ncol=10, title=f"{spec.name}, {steps} steps, cfg {cfg:g}")
+    print(f"wrote {len(images)} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
+    return 0

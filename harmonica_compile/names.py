@@ -1,0 +1,81 @@
+"""The names every stage shares: graph input/output prefixes, ``meta`` keys and manifest roles.
+
+A site's identity is its module path everywhere. Its values travel under three prefixes:
+
+- ``cache.<site>``: a graph input, the value a cached site reads (written by an earlier step);
+- ``new_cache.<site>``: a specialized graph's output, the fresh value a later step will read;
+- ``fresh.<site>``: a routed graph's output, every site's fresh value (training, parity checks).
+
+A site with several outputs (joint attention) adds the output index: ``cache.<site>.0``, ...
+
+Example:
+    >>> site_value_names(CACHE, "blocks.0.attn", 1), site_value_names(NEW_CACHE, "joint.attn", 2)
+    (['cache.blocks.0.attn'], ['new_cache.joint.attn.0', 'new_cache.joint.attn.1'])
+    >>> cache_input_for("new_cache.blocks.0.attn")
+    'cache.blocks.0.attn'
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CACHE",
+    "FRESH",
+    "INPUT_NAME",
+    "INPUT_NAMES",
+    "MASK",
+    "NEW_CACHE",
+    "OUTPUT_NAMES",
+    "PROVENANCE",
+    "REFRESH",
+    "ROLES",
+    "ROUTING",
+    "SITES",
+    "SITE_OUTPUT",
+    "cache_input_for",
+    "site_value_names",
+]
+
+# ---------------------------------------------------------------------------------- graph I/O prefixes
+CACHE = "cache"
+NEW_CACHE = "new_cache"
+FRESH = "fresh"
+
+# ---------------------------------------------------------------------------------- node.meta keys
+#: ``{"pass", "site", "branch"}`` on every node a pass creates.
+PROVENANCE = "harmonica"
+#: On placeholders: the input's public name (``x``, ``cache.blocks.0.attn``).
+INPUT_NAME = "harmonica_input"
+#: On site output nodes: ``(site name, output index)``.
+SITE_OUTPUT = "harmonica_site"
+
+# ---------------------------------------------------------------------------------- gm.meta keys
+#: Public names of the graph's inputs, in placeholder order.
+INPUT_NAMES = "harmonica_input_names"
+#: Public names of the graph's outputs, in order.
+OUTPUT_NAMES = "harmonica_output_names"
+#: A specialized graph's step mask (True = compute), and the sites whose value it hands on.
+MASK = "harmonica_mask"
+REFRESH = "harmonica_refresh"
+#: ``"soft"`` or ``"hard"`` on routed graphs.
+ROUTING = "harmonica_routing"
+#: The CacheSites FindCacheSites found.
+SITES = "harmonica_sites"
+
+# ---------------------------------------------------------------------------------- manifest roles
+#: Roles of exported graph inputs and outputs.
+ROLES = ("latent", "timestep", "condition", "cache_in", "cache_out", "output")
+
+
+def site_value_names(prefix: str, site: str, num_outputs: int) -> list[str]:
+    """``prefix.site`` for a one-output site, ``prefix.site.i`` for each output otherwise."""
+    if num_outputs == 1:
+        return [f"{prefix}.{site}"]
+    return [f"{prefix}.{site}.{i}" for i in range(num_outputs)]
+
+
+def cache_input_for(new_cache_name: str) -> str:
+    """The ``cache.*`` input a later step reads for a ``new_cache.*`` output."""
+    head = NEW_CACHE + "."
+    if not new_cache_name.startswith(head):
+        raise ValueError(f"{new_cache_name!r} is not a {NEW_CACHE}.* name")
+    return f"{CACHE}.{new_cache_name[len(head) :]}"

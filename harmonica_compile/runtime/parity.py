@@ -1,0 +1,117 @@
+"""The parity gate of an ONNX export: the exported graphs must compute what the torch graphs do.
+
+:func:`onnx_parity_gate` returns the gate that :func:`~harmonica_compile.exporters.onnx.export_onnx`
+runs on a finished folder before moving it into place (the CLI always passes it):
+
+- every graph in ONNX Runtime's **CPU provider** with graph optimizations off, against its
+  specialized torch graph, on the inputs and caches the graph gets in a real trajectory of the
+  torch CachedModel (random inputs when no model spec is given), with optimum's tolerance
+  (``np.allclose``, atol 1e-5 and numpy's default rtol 1e-5);
+- a whole trajectory of the ONNX Runtime runner against the torch CachedModel, with the
+  deployment stacks' whole-pipeline tolerance for fp32 latents (atol 1e-4, rtol 1e-2).
+
+The CPU provider whatever the machine offers: the CUDA and TensorRT providers compute fp32
+matmuls in TF32 by default (~1e-4 relative error), which no 1e-5 gate can pass. The graph inputs
+are recorded through the step engine's hook (``cached.engine.add_hook``), not by patching the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cached_model import CachedModel
+from ..errors import ExportError
+from .ort import CPU_PROVIDER, OrtRunner
+
+__all__ = ["GRAPH_ATOL", "GRAPH_RTOL", "TRAJECTORY_ATOL", "TRAJECTORY_RTOL", "check_parity", "onnx_parity_gate"]
+
+GRAPH_ATOL, GRAPH_RTOL = 1e-5, 1e-5
+TRAJECTORY_ATOL, TRAJECTORY_RTOL = 1e-4, 1e-2
+
+
+def onnx_parity_gate(spec: Any = None, sampler: Any = None) -> Any:
+    """The gate to hand to ``export_onnx(check=...)``: ``gate(folder, cached) -> report``."""
+
+    def gate(folder: Path, cached: CachedModel) -> dict[str, Any]:
+        return check_parity(folder, cached, spec=spec, sampler=sampler)
+
+    return gate
+
+
+def _recorded_trajectory(
+    cached: CachedModel, spec: Any, sampler: Any, seed: int
+) -> tuple[dict[int, list[torch.Tensor]], torch.Tensor]:
+    """One trajectory of the torch CachedModel: its final images, and the inputs (model inputs and
+    cache values) each graph gets the first time it runs: the activations the graph will see."""
+    from ..sampling import generate
+
+    records: dict[int, list[torch.Tensor]] = {}
+
+    def record(step: int, graph: int, model_inputs: Any, cache_inputs: Any) -> None:
+        if graph not in records:
+            records[graph] = [t.detach().clone() for t in (*model_inputs, *cache_inputs)]
+
+    remove = cached.engine.add_hook(record)
+    try:
+        images, _ = generate(
+            spec, spec.denoiser(cached), num=2, steps=sampler.num_steps, seed=seed, sampler=sampler, clamp=False
+        )
+    finally:
+        remove()
+    return records, images
+
+
+def check_parity(folder: Path, cached: CachedModel, *, spec: Any = None, sampler: Any = None) -> dict[str, Any]:
+    """Run the gate (see the module docstring); raise ExportError naming the graph on failure."""
+    runner = OrtRunner(folder, providers=[CPU_PROVIDER], optimization="disabled")  # verifies the manifest
+    cm = cached.cacheable
+    gen = torch.Generator().manual_seed(0)
+    trajectory = spec is not None and sampler is not None
+    recorded, torch_images = _recorded_trajectory(cached, spec, sampler, seed=123) if trajectory else ({}, None)
+    worst_graph = 0.0
+    for g in runner.manifest.graphs:
+        gid = g["id"]
+        gm = cached.graphs[gid]
+        if gid in recorded:
+            inputs = recorded[gid]
+        else:
+            flat = [_random_like(x, gen) for x in cm.captured.example_inputs]
+            inputs = cm.step_inputs(gm, flat)
+            for i in range(len(flat), len(inputs)):
+                inputs[i] = torch.randn(inputs[i].shape, generator=gen, dtype=inputs[i].dtype)
+        with torch.no_grad():
+            want = [t.numpy() for t in gm(*inputs)]
+        got = runner.run_graph(gid, [t.numpy() for t in inputs])
+        for entry, w, o in zip(g["outputs"], want, got, strict=True):
+            diff = float(np.abs(w - o).max()) if w.size else 0.0
+            worst_graph = max(worst_graph, diff)
+            if not np.allclose(o, w, atol=GRAPH_ATOL, rtol=GRAPH_RTOL):
+                raise ExportError(
+                    f"parity gate: graph {gid} ({g['file']}) output '{entry['name']}' differs from the torch graph by "
+                    f"{diff:.2e} in ONNX Runtime (atol {GRAPH_ATOL:g}, rtol {GRAPH_RTOL:g}); the export is not kept"
+                )
+    out: dict[str, Any] = {"graph_atol": GRAPH_ATOL, "graph_rtol": GRAPH_RTOL, "graph_max_abs_diff": worst_graph}
+    if trajectory:
+        from ..sampling import generate
+
+        ort_images, _ = generate(spec, runner, num=2, steps=sampler.num_steps, seed=123, sampler=sampler, clamp=False)
+        diff = float((ort_images - torch_images).abs().max())
+        out.update(
+            {"trajectory_atol": TRAJECTORY_ATOL, "trajectory_rtol": TRAJECTORY_RTOL, "trajectory_max_abs_diff": diff}
+        )
+        if not torch.allclose(ort_images, torch_images, atol=TRAJECTORY_ATOL, rtol=TRAJECTORY_RTOL):
+            raise ExportError(
+                f"parity gate: the ONNX Runtime trajectory differs from the torch CachedModel by {diff:.2e} "
+                f"(atol {TRAJECTORY_ATOL:g}, rtol {TRAJECTORY_RTOL:g}); the export is not kept"
+            )
+    return out
+
+
+def _random_like(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    if x.is_floating_point():
+        return torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    return x.clone()
