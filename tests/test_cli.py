@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from harmonica_compile.cli import main
 
@@ -41,3 +42,36 @@ def test_show_dumps_the_graph_around_a_pass(tmp_path, capsys, monkeypatch):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "optimize" in capsys.readouterr().out
+
+
+def test_optimize_flags_default_to_the_train_config():
+    """The training flags are TrainConfig fields: no flag means the field's own default."""
+    from harmonica_compile.cli import build_parser
+    from harmonica_compile.cli.optimize import train_config
+    from harmonica_compile.training import TrainConfig
+
+    args = build_parser().parse_args(["optimize", "--out", "x"])
+    assert train_config(args) == TrainConfig()
+    args = build_parser().parse_args(["optimize", "--out", "x", "--iterations", "7", "--beta", "0.1", "--soft"])
+    assert train_config(args) == TrainConfig(iterations=7, beta=0.1, target_cur=None, ste=False)
+    help_text = build_parser()._subparsers._group_actions[0].choices["optimize"].format_help()
+    assert f"(default {TrainConfig().iterations})" in help_text
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    """The main job, shortened (5 iterations, 16 evaluation samples): every stage and its files."""
+    argv = ["demo", "--out", str(tmp_path), "--iterations", "5", "--num", "16", "--bench-images", "2"]
+    assert main([*argv, "--repeat", "1", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "[4/4]" in out and "measured speedup, ONNX Runtime" in out
+    for name in [
+        "summary.json",
+        "samples.png",
+        "schedule/schedule.json",
+        "schedule/schedule.png",
+        "onnx/manifest.json",
+    ]:
+        assert (tmp_path / name).is_file(), name
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["cur"] == 0.5 and summary["graphs"] >= 2

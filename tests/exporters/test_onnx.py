@@ -214,3 +214,15 @@ def test_export_time_is_one_export_plus_milliseconds(exported):
     timing = manifest.data["timing"]
     # the graphs are specialized in ONNX, not re-exported: specialization is a small part of the export
     assert timing["specialize_seconds"] < timing["export_seconds"]
+
+
+def test_manifest_entries_are_typed_and_round_trip(exported):
+    from harmonica_compile.exporters.manifest import GraphEntry, IOEntry
+
+    _, manifest, _ = exported
+    entries = manifest.graph_entries()
+    assert [e.to_json() for e in entries] == manifest.graphs
+    assert all(isinstance(i, IOEntry) for e in entries for i in e.inputs)
+    assert GraphEntry.from_json(entries[0].to_json()) == entries[0]
+    with pytest.raises(ArtifactError, match="role 'weights'"):
+        IOEntry("w", "float32", (), "weights")

@@ -157,3 +157,36 @@ def test_pipeline_is_printable():
         "specialize",
     ]:
         assert name in text
+
+
+class _NeedsInputNames(GraphPass):
+    name = "needs_input_names"
+
+    def requires(self, gm):
+        if "harmonica_input_names" not in gm.meta:
+            raise PassError(f"{self.name}: needs a flattened graph")
+
+    def call(self, gm):
+        return PassResult(gm, False)
+
+
+def test_preconditions_run_before_the_pass():
+    with pytest.raises(PassError, match="needs_input_names: needs a flattened graph"):
+        PassManager([_NeedsInputNames()])(_raw_export(tiny_reference_dit(depth=1), ref_inputs()))
+
+
+def test_pipelines_nest_and_report_every_pass():
+    inner = PassManager(CLEANUP_PIPELINE[:2], name="first_two")
+    outer = PassManager([inner, *CLEANUP_PIPELINE[2:]])
+    assert outer.pass_names() == [p.name for p in CLEANUP_PIPELINE]
+    result = outer(_raw_export(tiny_reference_dit(depth=1), ref_inputs()))
+    assert [name for name, _ in result.history] == [p.name for p in CLEANUP_PIPELINE]
+    assert result.modified and result.changes["remove_guards"] == {"removed": 1}
+    assert "2. remove_assertions" in outer.describe()
+
+
+def test_dumps_must_name_a_pass_of_the_pipeline():
+    from harmonica_compile.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"no pass named \['remove_gards'\] in the pipeline"):
+        PassManager(CLEANUP_PIPELINE, dump_after=["remove_gards"])
