@@ -347,7 +347,7 @@ def part_ort(device: torch.device, work: Path, dry_run: bool, notes: list[str]) 
     folder = _onnx_folder(work, notes)
     args = ["--images", "2", "--repeat", "1"] if dry_run else ["--images", "16", "--repeat", "5"]
     run_cli(["bench", str(folder), "--runtime", "ort", "--providers", providers, *args])
-    bench = json.loads((folder / "bench.json").read_text())
+    bench = json.loads((folder / "bench-ort.json").read_text())
     return [{key: bench[key] for key in ("runtime", "providers", "images", "model_batch", "full_ms_per_image",
                                           "cached_ms_per_image", "real_speedup", "theoretical_speedup")}]  # fmt: skip
 
@@ -369,7 +369,7 @@ def part_tensorrt(device: torch.device, work: Path, dry_run: bool, notes: list[s
     )
     build_s = time.perf_counter() - t0
     run_cli(["bench", str(engines), "--runtime", "trt", "--images", "16", "--repeat", "5"])
-    bench = json.loads((engines / "bench.json").read_text())
+    bench = json.loads((engines / "bench-trt.json").read_text())
     manifest = json.loads((engines / "manifest.json").read_text())
     return [{"tensorrt": tensorrt.__version__, "precision": manifest["precision"], "build_s": round(build_s, 2),
              "engine_bytes_total": manifest["engine_bytes_total"],

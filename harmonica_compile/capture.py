@@ -250,7 +250,8 @@ def _spec_leaf_names(spec: pytree.TreeSpec, prefix: str = "") -> list[str]:
     classes without key functions, so ``tree_flatten_with_path`` cannot name them)."""
     if spec.is_leaf():
         return [prefix]
-    children = spec.children_specs
+    # torch >= 2.10 has children() and deprecates children_specs; older releases only have the field
+    children = list(spec.children()) if callable(getattr(spec, "children", None)) else list(spec.children_specs)
     context = spec.context
     if isinstance(context, list | tuple) and len(context) == len(children) and all(isinstance(c, str) for c in context):
         keys = list(context)

@@ -35,12 +35,14 @@ _FULL_SAMPLES: dict[tuple[Any, ...], tuple[torch.Tensor, Any]] = {}
 
 
 def full_compute_samples(
-    spec: Any, *, num: int, seed: int, steps: int, cfg_scale: float, batch_size: int = 64
+    spec: Any, *, num: int, seed: int, steps: int, cfg_scale: float, batch_size: int = 64, progress: bool = False
 ) -> tuple[torch.Tensor, Any]:
     """Full-compute samples for ``(spec, num, seed, steps, cfg)``, made once per process."""
     key = (spec.name, id(spec.model), num, seed, steps, cfg_scale)
     if key not in _FULL_SAMPLES:
-        _FULL_SAMPLES[key] = generate(spec, num=num, steps=steps, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size)
+        _FULL_SAMPLES[key] = generate(
+            spec, num=num, steps=steps, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, progress=progress
+        )
     return _FULL_SAMPLES[key]
 
 
@@ -52,16 +54,27 @@ def evaluate_schedule(
     seed: int = 0,
     cfg_scale: float | None = None,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Quality and FLOPs of ``schedule`` on ``spec``: cached vs full-compute samples from the same
     ``num`` noise seeds. Keys: ``final_mse``, ``psnr_db``, FLOPs, and for digits ``accuracy`` /
     ``frechet`` of both cached and full-compute samples."""
     steps = schedule.num_steps
     cfg = spec.default_cfg_scale if cfg_scale is None else cfg_scale
-    full, labels = full_compute_samples(spec, num=num, seed=seed, steps=steps, cfg_scale=cfg, batch_size=batch_size)
+    full, labels = full_compute_samples(
+        spec, num=num, seed=seed, steps=steps, cfg_scale=cfg, batch_size=batch_size, progress=progress
+    )
     cached_model = spec.cached(schedule, steps=steps)
     images, _ = generate(
-        spec, spec.denoiser(cached_model), num=num, steps=steps, cfg_scale=cfg, seed=seed, batch_size=batch_size
+        spec,
+        spec.denoiser(cached_model),
+        num=num,
+        steps=steps,
+        cfg_scale=cfg,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        progress_label="cached",
     )
     fid = fidelity(images, full)
     out: dict[str, Any] = {

@@ -90,7 +90,7 @@ def optimize_to_folder(
     if evaluate:
         from .evaluation import evaluate_schedule
 
-        report.update(evaluate_schedule(spec, result.schedule, num=eval_num, seed=eval_seed))
+        report.update(evaluate_schedule(spec, result.schedule, num=eval_num, seed=eval_seed, progress=progress))
     out.mkdir(parents=True, exist_ok=True)
     result.schedule.save(out / "schedule.json")
     result.save_routers(out / "routers.safetensors")
@@ -115,6 +115,7 @@ def export_schedule(
     config: ExportConfig | None = None,
     check: bool = True,
     onnx_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
 ) -> Manifest:
     """Export a schedule (a CacheSchedule, a ``schedule.json`` or its folder) for ``model`` (default:
     the model the schedule names) to the folder ``out``, through the ONNX parity gate unless
@@ -131,7 +132,7 @@ def export_schedule(
     cached = spec.cached(source)
     sampler = spec.sampler(source.num_steps)
     config = config or ExportConfig()
-    gate = onnx_parity_gate(spec, sampler) if check else None
+    gate = onnx_parity_gate(spec, sampler, progress=progress) if check else None
     if format == "onnx":
         from .exporters.onnx import export_onnx
 

@@ -169,3 +169,14 @@ def test_python_number_timestep_is_refused():
 def test_non_module_is_refused():
     with pytest.raises(CaptureError, match="torch.nn.Module"):
         capture(lambda x: x, (torch.randn(2),))  # type: ignore[arg-type]
+
+
+def test_capture_emits_no_deprecation_warning_of_ours():
+    """pytest's config hides Deprecation/FutureWarnings; users see them on every capture."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare(tiny_diffusers_dit(), diffusers_dit_inputs())
+    ours = [w for w in caught if "harmonica_compile" in w.filename]
+    assert not ours, [f"{w.filename}:{w.lineno}: {w.message}" for w in ours]

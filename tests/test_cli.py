@@ -75,3 +75,69 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert (tmp_path / name).is_file(), name
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["cur"] == 0.5 and summary["graphs"] >= 2
+
+
+# ------------------------------------------------------------------ the first hour's rough edges
+@pytest.fixture(scope="module")
+def fora_dir(tmp_path_factory):
+    from helpers import fora_schedule_dir
+
+    out = tmp_path_factory.mktemp("first-hour") / "sched"
+    fora_schedule_dir(out)
+    return out
+
+
+def test_show_reads_a_schedule_folder(fora_dir, capsys):
+    assert main(["show", "--schedule", str(fora_dir)]) == 0
+    assert "4 steps x 4 sites, CUR 0.500" in capsys.readouterr().out
+
+
+def test_show_refuses_an_unknown_pass_to_dump(capsys):
+    assert main(["show", "--model", "helpers:tiny_spec", "--dump-after", "foo"]) == 2
+    assert "no pass named ['foo'] in the pipeline" in capsys.readouterr().err
+
+
+def test_fora_into_a_full_folder_does_not_suggest_resume(fora_dir, capsys):
+    argv = ["optimize", "--model", "helpers:tiny_spec", "--steps", "4", "--method", "fora", "--no-eval"]
+    assert main([*argv, "--quiet", "--out", str(fora_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "--resume" not in err
+
+
+def test_a_missing_checkpoint_is_named_as_a_missing_file(tmp_path, capsys):
+    missing = tmp_path / "DiT-XL-2-256x256.pt"
+    assert main(["sample", "--model", str(missing), "--num", "1", "--out", str(tmp_path / "s.npz")]) == 2
+    err = capsys.readouterr().err
+    assert f"checkpoint file {missing} does not exist" in err and "unknown model" not in err
+
+
+def test_small_sample_frechet_distances_come_with_a_warning(tmp_path, capsys):
+    out = tmp_path / "s.npz"
+    assert main(["sample", "--num", "16", "--steps", "4", "--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "warning: the Frechet distance from 16 samples is biased upward" in captured.err
+    assert "frechet_note" in json.loads(captured.out)
+
+
+def test_grids_say_what_made_them(fora_dir, tmp_path, monkeypatch):
+    import harmonica_compile.plots as plots
+
+    titles = []
+    monkeypatch.setattr(plots, "save_grid", lambda images, path, ncol, title: titles.append(title))
+    base = ["sample", "--model", "helpers:tiny_spec", "--steps", "4", "--num", "2", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "a.npz"), "--grid", "a.png"]) == 0
+    assert main([*base, "--schedule", str(fora_dir), "--out", str(tmp_path / "b.npz"), "--grid", "b.png"]) == 0
+    assert titles[0].endswith("full compute") and "(CUR 0.50)" in titles[1] and titles[0] != titles[1]
+
+
+def test_long_work_shows_progress(fora_dir, tmp_path, capsys):
+    """optimize's evaluation, export's parity gate and bench each draw a progress bar (tqdm, stderr)."""
+    argv = ["optimize", "--model", "helpers:tiny_spec", "--steps", "4", "--method", "fora", "--eval-num", "4"]
+    assert main([*argv, "--out", str(tmp_path / "s")]) == 0
+    assert "sampling 4 images, full compute" in capsys.readouterr().err
+    assert main(["export", str(fora_dir), "--model", "helpers:tiny_spec", "--out", str(tmp_path / "e")]) == 0
+    assert "parity gate" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "e"), "--images", "2", "--repeat", "2"]) == 0
+    assert "bench ort" in capsys.readouterr().err

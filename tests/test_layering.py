@@ -3,7 +3,7 @@
 Reads every import statement of ``harmonica_compile/`` (module level and inside functions) with
 ``ast`` and checks them against the stages in order:
 
-    base (errors, names, io, version) -> models and samplers -> capture -> passes
+    base (errors, names, io, threads, version) -> models and samplers -> capture -> passes
     -> cacheable / schedule -> step engine (CachedModel) -> specs and integrations
     -> training | exporters -> runtime -> api / workflows -> CLI
 
@@ -28,6 +28,7 @@ STAGES: tuple[tuple[str, int], ...] = (
     ("errors", 0),
     ("names", 0),
     ("io", 0),
+    ("threads", 0),
     ("data", 1),
     ("metrics", 1),
     ("metrics_data", 1),

@@ -82,3 +82,17 @@ def test_readme_results_are_generated_from_benchmark_files():
         [sys.executable, str(ROOT / "benchmarks" / "make_readme.py"), "--check"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_readme_api_example_runs_as_written(tmp_path):
+    """The README's API section, executed exactly as shown, in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    section = (ROOT / "README.md").read_text().split("## The API\n", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)\n```", section, flags=re.S)[0]
+    script = tmp_path / "api_example.py"
+    script.write_text(code + "\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fewer FLOPs, measured" in done.stdout

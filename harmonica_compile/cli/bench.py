@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from .common import PROVIDERS_HELP, finite_float, positive_int, provider_list
+from .common import PROVIDERS_HELP, add_threads_arg, finite_float, positive_int, provider_list, set_threads
 
 
 def register(sub: Any) -> None:
@@ -17,24 +16,31 @@ def register(sub: Any) -> None:
     p.add_argument("--images", type=positive_int, default=8, help="images per sampling run (default 8)")
     p.add_argument("--model", default=None, help="the model (default: the one the folder was exported from)")
     p.add_argument("--repeat", type=positive_int, default=5)
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs of each side first (default 1)")
+    p.add_argument("--out", default=None, help="result file (default ENG/bench-<runtime>.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--cfg-scale", type=finite_float, default=None)
-    p.add_argument("--threads", type=positive_int, default=2)
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..runtime.bench import bench_engine, format_bench
 
+    threads = set_threads(args)
     result = bench_engine(
         args.engine,
         runtime=args.runtime,
         images=args.images,
         repeat=args.repeat,
-        threads=args.threads,
+        threads=threads,
         cfg_scale=args.cfg_scale,
         model=args.model,
         providers=provider_list(args.providers),
+        warmup=args.warmup,
+        out=args.out,
+        progress=not args.quiet,
     )
     print(format_bench(result))
-    print(f"wrote {Path(args.engine) / 'bench.json'}")
+    print(f"wrote {result['file']}")
     return 0

@@ -10,10 +10,12 @@ __all__ = [
     "DEFAULT_MODEL",
     "PROVIDERS_HELP",
     "add_sampling_args",
+    "add_threads_arg",
     "finite_float",
     "positive_int",
     "print_json",
     "provider_list",
+    "set_threads",
 ]
 
 DEFAULT_MODEL = "tiny-dit-digits"
@@ -56,7 +58,28 @@ def add_sampling_args(p: argparse.ArgumentParser, *, model_default: str | None =
     p.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default: the model's)")
     p.add_argument("--cfg-scale", type=finite_float, default=None, help="classifier-free guidance scale; 1 disables it")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
+    add_threads_arg(p)
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPU threads (default: the available cores not busy with other work; printed first)",
+    )
+
+
+def set_threads(args: argparse.Namespace) -> int:
+    """Choose the thread count (``--threads`` or what is free), use it, and say so first."""
+    import torch
+
+    from ..threads import choose_threads
+
+    threads, why = choose_threads(args.threads)
+    torch.set_num_threads(threads)
+    print(f"using {why}", flush=True)
+    return threads
 
 
 def print_json(obj: Any) -> None:

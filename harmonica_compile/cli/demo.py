@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import DEFAULT_MODEL, finite_float, positive_int
+from .common import DEFAULT_MODEL, add_threads_arg, finite_float, positive_int, set_threads
 
 
 def register(sub: Any) -> None:
@@ -22,13 +22,12 @@ def register(sub: Any) -> None:
     p.add_argument("--bench-images", type=positive_int, default=16)
     p.add_argument("--repeat", type=positive_int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=positive_int, default=2)
+    add_threads_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..io import atomic_write_json
     from ..metrics import DigitsEvaluator, fidelity
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training import TrainConfig
     from ..workflows import export_schedule, optimize_to_folder
 
-    torch.set_num_threads(args.threads)
+    threads = set_threads(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -53,18 +52,32 @@ def run(args: argparse.Namespace) -> int:
     )
     print("[2/4] exporting one ONNX graph per distinct step mask (with the parity gate)")
     t0 = time.perf_counter()
-    manifest = export_schedule(out / "schedule", out / "onnx", model=spec)
+    manifest = export_schedule(out / "schedule", out / "onnx", model=spec, progress=not args.quiet)
     export_s = time.perf_counter() - t0
     print("[3/4] benchmarking cached against full compute (same run)")
     bench = {
-        rt: bench_engine(out / "onnx", runtime=rt, images=args.bench_images, repeat=args.repeat, threads=args.threads)
+        rt: bench_engine(
+            out / "onnx",
+            runtime=rt,
+            images=args.bench_images,
+            repeat=args.repeat,
+            threads=threads,
+            progress=not args.quiet,
+        )
         for rt in ("ort", "torch")
     }
-    atomic_write_json(out / "onnx" / "bench.json", bench["ort"])
     print("[4/4] samples from the same noise: full compute and cached, side by side")
     cached = spec.cached(str(out / "schedule" / "schedule.json"))
-    full, labels = generate(spec, num=20, steps=args.steps, seed=args.seed)
-    fast, _ = generate(spec, spec.denoiser(cached), num=20, steps=args.steps, seed=args.seed)
+    full, labels = generate(spec, num=20, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    fast, _ = generate(
+        spec,
+        spec.denoiser(cached),
+        num=20,
+        steps=args.steps,
+        seed=args.seed,
+        progress=not args.quiet,
+        progress_label="cached",
+    )
     save_side_by_side(
         {"full compute": full, f"HarmoniCa, CUR {report['cur']:.2f}": fast},
         out / "samples.png",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from .common import print_json
@@ -18,7 +19,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..metrics import DigitsEvaluator, fidelity
+    from ..metrics import DigitsEvaluator, fidelity, frechet_note
     from ..sampling import load_samples
 
     data = load_samples(args.samples)
@@ -31,5 +32,9 @@ def run(args: argparse.Namespace) -> int:
         ev = DigitsEvaluator()
         result["accuracy"] = ev.accuracy(images, torch.from_numpy(data["labels"]))
         result["frechet"] = ev.frechet(images)
+        note = frechet_note(len(images))
+        if note:
+            result["frechet_note"] = note
+            print(f"warning: {note}", file=sys.stderr)
     print_json(result)
     return 0

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import positive_int
+from .common import add_threads_arg, positive_int, set_threads
 
 
 def register(sub: Any) -> None:
@@ -33,17 +33,17 @@ def register(sub: Any) -> None:
     p.add_argument("--tf32", action="store_true", help="TensorRT: let fp32 layers use TF32 (off: fp32 means fp32)")
     p.add_argument("--onnx-dir", default=None, help="TensorRT: reuse an ONNX export instead of exporting again")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity gate")
-    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_threads_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..exporters.config import ExportConfig
     from ..workflows import export_schedule
 
-    torch.set_num_threads(args.threads)
+    set_threads(args)
     config = ExportConfig(
         opset=args.opset, max_batch=args.max_batch, opt_batch=args.opt_batch, fp16=args.fp16, tf32=args.tf32
     )
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         config=config,
         check=not args.no_check,
         onnx_dir=args.onnx_dir,
+        progress=not args.quiet,
     )
     seconds = time.perf_counter() - t0
     total = sum(p.stat().st_size for p in Path(args.out).iterdir() if p.is_file())

@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from .common import DEFAULT_MODEL, finite_float, positive_int, print_json
+from .common import DEFAULT_MODEL, add_threads_arg, finite_float, positive_int, print_json, set_threads
 
 #: (flag, TrainConfig field, argparse type, help)
 TRAIN_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
@@ -52,7 +52,7 @@ def register(sub: Any) -> None:
     p.add_argument("--eval-num", type=positive_int, default=256, help="samples for the report (default 256)")
     p.add_argument("--eval-seed", type=int, default=0)
     p.add_argument("--no-eval", action="store_true", help="skip the quality evaluation")
-    p.add_argument("--threads", type=positive_int, default=2)
+    add_threads_arg(p)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", required=True)
     p.set_defaults(func=run)
@@ -74,11 +74,10 @@ def train_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..workflows import optimize_to_folder
 
-    torch.set_num_threads(args.threads)
+    set_threads(args)
     report = optimize_to_folder(
         args.model,
         args.out,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .common import DEFAULT_MODEL, PROVIDERS_HELP, add_sampling_args, positive_int, provider_list
+from .common import DEFAULT_MODEL, PROVIDERS_HELP, add_sampling_args, positive_int, provider_list, set_threads
 
 
 def register(sub: Any) -> None:
@@ -26,19 +27,19 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from ..models.registry import load_model
     from ..sampling import generate, save_samples
 
-    torch.set_num_threads(args.threads)
+    threads = set_threads(args)
     if args.engine:
         from ..runtime import open_engine
 
         providers = provider_list(args.providers)
         if providers and args.runtime == "trt":
             raise ConfigError("--providers chooses ONNX Runtime execution providers; --runtime trt takes none")
-        runner = open_engine(args.engine, runtime=args.runtime, **({"providers": providers} if providers else {}))
+        options: dict[str, Any] = {"threads": threads, **({"providers": providers} if providers else {})}
+        runner = open_engine(args.engine, runtime=args.runtime, **options)
         spec = load_model(runner.manifest.model_source if args.model is None else args.model)
         runner.check_model(spec.name)
         steps = runner.num_steps if args.steps is None else args.steps
@@ -50,11 +51,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         spec = load_model(args.model or DEFAULT_MODEL)
         steps = spec.default_steps if args.steps is None else args.steps
-        denoise = None
+        denoise, source = None, "full compute"
         if args.schedule is not None:
             from ..workflows import schedule_file
 
-            denoise = spec.denoiser(spec.cached(str(schedule_file(args.schedule)), steps=steps))
+            cached = spec.cached(str(schedule_file(args.schedule)), steps=steps)
+            source = f"schedule {args.schedule} (CUR {cached.schedule.cur:.2f})"
+            denoise = spec.denoiser(cached)
     cfg = spec.default_cfg_scale if args.cfg_scale is None else args.cfg_scale
     images, labels = generate(
         spec,
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     if args.engine:
+        source = f"exported {Path(args.engine).name} on {denoise.describe()}"
         print(f"ran on {denoise.describe()}")
     meta = {
         "model": spec.name,
@@ -81,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if args.grid:
         from ..plots import save_grid
 
-        save_grid(images[: min(len(images), 100)], args.grid, ncol=10, title=f"{spec.name}, {steps} steps, cfg {cfg:g}")
+        title = f"{spec.name}, {steps} steps, cfg {cfg:g}: {source}"
+        save_grid(images[: min(len(images), 100)], args.grid, ncol=10, title=title)
     print(f"wrote {len(images)} samples to {out}" + (f" and a grid to {args.grid}" if args.grid else ""))
     return 0

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputError
+from ..errors import ArtifactError, ConfigError, InputError
 from .dit import DiT, DiT_models
 from .pretrained import PRETRAINED, load_pretrained
 from .spec import ModelSpec
@@ -107,7 +107,12 @@ def _load_model(name: str | nn.Module | ModelSpec, *, seed: int = 0) -> ModelSpe
             raise ConfigError(f"{name}: {e}") from e
         return _reference_spec(name, randomize_reference(model, seed))
     path = Path(name)
-    if path.suffix in (".pt", ".pth", ".safetensors", ".bin") and path.exists():
+    if path.suffix in (".pt", ".pth", ".safetensors", ".bin") and not path.exists():
+        raise ArtifactError(
+            f"checkpoint file {path} does not exist; check the path "
+            f"(or use a known model name: {', '.join(known_model_names())})"
+        )
+    if path.suffix in (".pt", ".pth", ".safetensors", ".bin"):
         from .checkpoints import load_dit_checkpoint
 
         return _reference_spec(path.name, load_dit_checkpoint(path))

@@ -29,4 +29,5 @@ def open_engine(
         return OrtRunner(folder, manifest, **options)
     from .tensorrt import TensorRTRunner
 
+    options.pop("threads", None)  # CPU threads are ONNX Runtime's concern; engines run on the GPU
     return TensorRTRunner(folder, manifest, **options)

@@ -78,16 +78,21 @@ def bench_engine(
     images: int = 8,
     repeat: int = 5,
     warmup: int = 1,
-    threads: int = 2,
+    threads: int | None = None,
     cfg_scale: float | None = None,
     model: str | None = None,
     providers: Sequence[str] | None = None,
     write: bool = True,
+    out: str | os.PathLike[str] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Benchmark an exported folder; writes ``folder/bench.json`` and returns it.
+    """Benchmark an exported folder; writes ``folder/bench-<runtime>.json`` (or ``out``) and returns it.
 
     Work is split into calls that fit the folder's batch profile (``max_batch`` counts the model
-    batch, twice the images with guidance), so any ``images`` works with any export.
+    batch, twice the images with guidance), so any ``images`` works with any export. Full compute
+    and the schedule run the same code path (for ``torch``: a CachedModel of the all-compute
+    schedule) with the same warm-up; a measured speedup above the FLOP bound by more than the
+    run-to-run noise is flagged (``plausible``, ``warning``).
     """
     from ..models.registry import load_model
     from ..sampling import fit_batch
@@ -98,6 +103,9 @@ def bench_engine(
         raise ConfigError(f"images and repeat must be >= 1, got {images} and {repeat}")
     if providers is not None and runtime != "ort":
         raise ConfigError(f"providers choose ONNX Runtime execution providers; runtime {runtime!r} takes none")
+    from ..threads import choose_threads
+
+    threads, _ = choose_threads(threads)
     torch.set_num_threads(threads)
     folder = Path(folder)
     manifest = load_manifest(folder)
@@ -107,7 +115,8 @@ def bench_engine(
     cfg = spec.default_cfg_scale if cfg_scale is None else cfg_scale
     if runtime == "torch":
         cached = spec.denoiser(spec.cached(schedule))
-        full = spec.denoiser(spec.model)
+        everything = CacheSchedule.all_compute(schedule.sites, schedule.num_steps, timesteps=schedule.timesteps)
+        full = spec.denoiser(spec.cached(everything))
     else:
         from . import open_engine
 
@@ -120,13 +129,20 @@ def bench_engine(
     per_call = fit_batch(cached, images, cfg)  # runners have a max_batch; torch modules none
     noise = spec.noise(images, seed=0)
     cond, null = spec.conditions(images, seed=0)
+    from tqdm import tqdm
+
+    bar = tqdm(total=2 * (warmup + repeat), desc=f"bench {runtime}", unit="run", disable=not progress)
     for _ in range(warmup):
-        _timed_run(full, sampler, noise, cond, null, cfg, per_call)
-        _timed_run(cached, sampler, noise, cond, null, cfg, per_call)
+        for denoise in (full, cached):
+            _timed_run(denoise, sampler, noise, cond, null, cfg, per_call)
+            bar.update()
     full_runs, cached_runs = [], []
     for _ in range(repeat):
         full_runs.append(_timed_run(full, sampler, noise, cond, null, cfg, per_call))
+        bar.update()
         cached_runs.append(_timed_run(cached, sampler, noise, cond, null, cfg, per_call))
+        bar.update()
+    bar.close()
     full_img = statistics.median(sum(r) for r in full_runs) * 1000 / images
     cached_img = statistics.median(sum(r) for r in cached_runs) * 1000 / images
     per_step = []
@@ -145,6 +161,8 @@ def bench_engine(
         )
     theoretical = float(manifest.data["schedule"]["theoretical_speedup"])
     real = full_img / cached_img
+    noise = _relative_spread([sum(r) for r in full_runs]) + _relative_spread([sum(r) for r in cached_runs])
+    plausible = real <= theoretical * (1 + noise) if repeat > 1 else None
     result = {
         "runtime": runtime,
         "model": manifest.model_name,
@@ -160,12 +178,37 @@ def bench_engine(
         "real_speedup": real,
         "theoretical_speedup": theoretical,
         "ratio_real_over_theoretical": real / theoretical,
+        "noise": noise,
+        "plausible": plausible,
+        "warning": _warning(real, theoretical, noise, repeat),
+        "warmup": warmup,
         "cur": manifest.data["schedule"]["cur"],
         "per_step": per_step,
     }
     if write:
-        atomic_write_json(folder / "bench.json", result)
+        path = Path(out) if out is not None else folder / f"bench-{runtime}.json"
+        atomic_write_json(path, result)
+        result["file"] = str(path)
     return result
+
+
+def _relative_spread(totals: list[float]) -> float:
+    """(max - min) / median of one side's run times: the run-to-run noise of its median."""
+    return (max(totals) - min(totals)) / statistics.median(totals) if len(totals) > 1 else 0.0
+
+
+def _warning(real: float, theoretical: float, noise: float, repeat: int) -> str | None:
+    """Why a measured speedup cannot be trusted, or ``None``."""
+    if repeat < 2:
+        return "one repeat: the run-to-run noise is unknown, so the speedup cannot be checked against the FLOP bound"
+    if real <= theoretical * (1 + noise):
+        return None
+    return (
+        f"the measured speedup {real:.2f}x exceeds the FLOP bound {theoretical:.2f}x by more than the run-to-run "
+        f"noise (+-{noise:.0%}), so it is not the schedule's doing: suspect too little warm-up (first-call costs "
+        "landing on one side), the two sides running different code, or inputs cached between repeats; rerun with "
+        "more --repeat and --warmup on an idle machine"
+    )
 
 
 def _providers_used(runtime: str, runner: Any) -> list[str]:
@@ -182,7 +225,8 @@ def format_bench(result: dict[str, Any]) -> str:
         f"full   {result['full_ms_per_image']:.3f} ms/image",
         f"cached {result['cached_ms_per_image']:.3f} ms/image  (CUR {result['cur']:.2f})",
         f"real speedup {result['real_speedup']:.2f}x, theoretical {result['theoretical_speedup']:.2f}x, "
-        f"ratio {result['ratio_real_over_theoretical']:.2f}",
+        f"ratio {result['ratio_real_over_theoretical']:.2f} (run-to-run noise +-{result['noise']:.0%})",
+        *([f"warning: {result['warning']}"] if result.get("warning") else []),
         "",
         "step  timestep  graph  cached  full ms  cached ms",
     ]

@@ -33,11 +33,11 @@ GRAPH_ATOL, GRAPH_RTOL = 1e-5, 1e-5
 TRAJECTORY_ATOL, TRAJECTORY_RTOL = 1e-4, 1e-2
 
 
-def onnx_parity_gate(spec: Any = None, sampler: Any = None) -> Any:
+def onnx_parity_gate(spec: Any = None, sampler: Any = None, *, progress: bool = False) -> Any:
     """The gate to hand to ``export_onnx(check=...)``: ``gate(folder, cached) -> report``."""
 
     def gate(folder: Path, cached: CachedModel) -> dict[str, Any]:
-        return check_parity(folder, cached, spec=spec, sampler=sampler)
+        return check_parity(folder, cached, spec=spec, sampler=sampler, progress=progress)
 
     return gate
 
@@ -65,15 +65,22 @@ def _recorded_trajectory(
     return records, images
 
 
-def check_parity(folder: Path, cached: CachedModel, *, spec: Any = None, sampler: Any = None) -> dict[str, Any]:
+def check_parity(
+    folder: Path, cached: CachedModel, *, spec: Any = None, sampler: Any = None, progress: bool = False
+) -> dict[str, Any]:
     """Run the gate (see the module docstring); raise ExportError naming the graph on failure."""
+    from tqdm import tqdm
+
     runner = OrtRunner(folder, providers=[CPU_PROVIDER], optimization="disabled")  # verifies the manifest
     cm = cached.cacheable
     gen = torch.Generator().manual_seed(0)
     trajectory = spec is not None and sampler is not None
+    bar = tqdm(total=len(runner.manifest.graphs) + 2 * trajectory, desc="parity gate", disable=not progress)
     recorded, torch_images = _recorded_trajectory(cached, spec, sampler, seed=123) if trajectory else ({}, None)
+    bar.update(trajectory)
     worst_graph = 0.0
     for g in runner.manifest.graphs:
+        bar.update()
         gid = g["id"]
         gm = cached.graphs[gid]
         if gid in recorded:
@@ -99,6 +106,7 @@ def check_parity(folder: Path, cached: CachedModel, *, spec: Any = None, sampler
         from ..sampling import generate
 
         ort_images, _ = generate(spec, runner, num=2, steps=sampler.num_steps, seed=123, sampler=sampler, clamp=False)
+        bar.update()
         diff = float((ort_images - torch_images).abs().max())
         out.update(
             {"trajectory_atol": TRAJECTORY_ATOL, "trajectory_rtol": TRAJECTORY_RTOL, "trajectory_max_abs_diff": diff}
@@ -108,6 +116,7 @@ def check_parity(folder: Path, cached: CachedModel, *, spec: Any = None, sampler
                 f"parity gate: the ONNX Runtime trajectory differs from the torch CachedModel by {diff:.2e} "
                 f"(atol {TRAJECTORY_ATOL:g}, rtol {TRAJECTORY_RTOL:g}); the export is not kept"
             )
+    bar.close()
     return out
 
 

@@ -56,11 +56,13 @@ def generate(
     batch_size: int = 64,
     sampler: Any = None,
     progress: bool = False,
+    progress_label: str | None = None,
     clamp: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(images, labels)``: ``num`` samples of ``spec`` through ``denoise`` (default: the eager model).
 
-    ``images`` is ``[num, C, H, W]`` float32, clamped to [-1, 1] unless ``clamp=False``.
+    ``images`` is ``[num, C, H, W]`` float32, clamped to [-1, 1] unless ``clamp=False``; with
+    ``progress``, a bar per batch (``progress_label`` names what samples).
     """
     steps = spec.default_steps if steps is None else steps
     cfg_scale = spec.default_cfg_scale if cfg_scale is None else float(cfg_scale)
@@ -72,6 +74,7 @@ def generate(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     sampler = spec.sampler(steps) if sampler is None else sampler
+    label = progress_label or ("full compute" if denoise is None else None)
     denoise = spec.denoiser(spec.model) if denoise is None else denoise
     batch_size = fit_batch(denoise, batch_size, cfg_scale)
     check = getattr(denoise, "check_sampler", None)
@@ -88,7 +91,8 @@ def generate(
     if progress:
         from tqdm import tqdm
 
-        batches = tqdm(batches, desc=f"sampling {num} images ({batch_size} per batch)", unit="batch")
+        desc = f"sampling {num} images{', ' + label if label else ''} ({batch_size} per batch)"
+        batches = tqdm(batches, desc=desc, unit="batch")
     for start in batches:
         stop = min(start + batch_size, num)
         cond = slice_conditions(all_cond, start, stop)

@@ -66,7 +66,7 @@ def test_bench_writes_bench_json(folders, runtime, capsys):
     if not eng.exists():
         main(["export", str(folders / "sched"), *MODEL, "--out", str(eng)])
     assert main(["bench", str(eng), "--runtime", runtime, "--images", "2", "--repeat", "2"]) == 0
-    result = json.loads((eng / "bench.json").read_text())
+    result = json.loads((eng / f"bench-{runtime}.json").read_text())
     for key in ["full_ms_per_image", "cached_ms_per_image", "real_speedup", "theoretical_speedup", "per_step"]:
         assert key in result
     assert len(result["per_step"]) == 4 and result["runtime"] == runtime
@@ -112,7 +112,7 @@ def test_small_engines_split_sampling_and_bench_and_give_the_same_images(folders
     np.testing.assert_array_equal(np.load(small)["labels"], np.load(wide)["labels"])
     capsys.readouterr()
     assert main(["bench", str(eng), "--images", "5", "--repeat", "1"]) == 0
-    result = json.loads((eng / "bench.json").read_text())
+    result = json.loads((eng / "bench-ort.json").read_text())
     assert result["images_per_call"] == 2 and result["model_batch"] == 4  # guidance doubles 2 images to 4
     assert result["providers"] == ["CPUExecutionProvider"]
     assert "CPUExecutionProvider" in capsys.readouterr().out
@@ -157,3 +157,52 @@ def test_a_gpu_provider_on_a_cpu_machine_is_one_line_or_a_stated_fallback(folder
     assert "on CPUExecutionProvider" in captured.out
     code = main(["bench", str(eng), "--runtime", "torch", "--providers", "CPUExecutionProvider"])
     assert code == 2 and "takes none" in capsys.readouterr().err
+
+
+def test_each_runtime_writes_its_own_result_file(folders):
+    eng = folders / "eng"
+    if not eng.exists():
+        main(["export", str(folders / "sched"), *MODEL, "--out", str(eng), "--max-batch", "16"])
+    for runtime in ("ort", "torch"):
+        assert main(["bench", str(eng), "--runtime", runtime, "--images", "2", "--repeat", "2", "--quiet"]) == 0
+    ort, torch_ = (json.loads((eng / f"bench-{r}.json").read_text()) for r in ("ort", "torch"))
+    assert ort["runtime"] == "ort" and torch_["runtime"] == "torch"
+    assert main(["bench", str(eng), "--images", "2", "--repeat", "2", "--quiet", "--out", str(folders / "b.json")]) == 0
+    assert json.loads((folders / "b.json").read_text())["runtime"] == "ort"
+
+
+def test_a_speedup_beyond_the_flop_bound_is_flagged(folders, monkeypatch, capsys):
+    """Timings that make the cached loop 10x faster than full compute, for a schedule whose FLOP
+    bound is ~2x, cannot be the schedule's doing: bench says so instead of reporting it."""
+    import harmonica_compile.runtime.bench as bench
+
+    eng = folders / "eng"
+    if not eng.exists():
+        main(["export", str(folders / "sched"), *MODEL, "--out", str(eng), "--max-batch", "16"])
+    real = bench._timed_run
+
+    def skewed(denoise, *args):
+        times = real(denoise, *args)
+        return times if getattr(denoise, "full_compute", True) else [t / 10 for t in times]
+
+    monkeypatch.setattr(bench, "_timed_run", skewed)
+    result = bench.bench_engine(eng, images=2, repeat=3, model="helpers:tiny_spec", write=False)
+    assert result["real_speedup"] > result["theoretical_speedup"] and result["plausible"] is False
+    assert "exceeds the FLOP bound" in result["warning"] and "warm-up" in result["warning"]
+    assert "warning: the measured speedup" in bench.format_bench(result)
+
+
+def test_torch_bench_times_full_and_cached_through_the_same_code(folders, monkeypatch):
+    """Full compute in the torch bench is the all-compute schedule's CachedModel, not the eager
+    module: both sides then run captured graphs through the same step engine."""
+    import harmonica_compile.runtime.bench as bench
+
+    seen = []
+    real = bench._timed_run
+    monkeypatch.setattr(bench, "_timed_run", lambda denoise, *a: (seen.append(denoise.reset), real(denoise, *a))[1])
+    eng = folders / "eng"
+    if not eng.exists():
+        main(["export", str(folders / "sched"), *MODEL, "--out", str(eng), "--max-batch", "16"])
+    bench.bench_engine(eng, runtime="torch", images=1, repeat=1, warmup=0, model="helpers:tiny_spec", write=False)
+    owners = {type(getattr(r, "__self__", None)).__name__ for r in seen}
+    assert owners == {"CachedModel"}

@@ -61,7 +61,7 @@ def test_optimize_writes_the_four_files(tmp_path, capsys):
     ]:
         assert key in report, key
     assert report["cur"] == 0.5 and report["theoretical_speedup"] > 1
-    assert json.loads(stdout[: stdout.rindex("}") + 1])["method"] == "harmonica"
+    assert json.loads(stdout[stdout.index("{") : stdout.rindex("}") + 1])["method"] == "harmonica"
     schedule = hc.CacheSchedule.load(out / "schedule.json")
     assert schedule.meta["model"] == "tiny-test-dit"
 
