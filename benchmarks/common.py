@@ -38,20 +38,30 @@ def environment() -> dict[str, Any]:
     }
 
 
+def wall_ms(fn: Callable[[], Any]) -> float:
+    """Wall-clock milliseconds of one call."""
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000
+
+
 def time_interleaved(
-    fns: dict[str, Callable[[], Any]], *, warmup: int = 3, repeat: int = 20
+    fns: dict[str, Callable[[], Any]],
+    *,
+    warmup: int = 3,
+    repeat: int = 20,
+    timer: Callable[[Callable[[], Any]], float] = wall_ms,
 ) -> dict[str, dict[str, float]]:
     """Median, min and mean milliseconds of each function, measured round-robin so that drift in
-    machine load affects every function alike."""
+    machine load affects every function alike; ``timer`` measures one call (default wall clock;
+    the GPU check passes CUDA events)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - t0) * 1000)
+            samples[name].append(timer(fn))
     return {
         k: {"median_ms": statistics.median(v), "min_ms": min(v), "mean_ms": statistics.fmean(v), "repeat": len(v)}
         for k, v in samples.items()

@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,9 @@ if str(ROOT) not in sys.path:  # runs from a checkout, installed or not
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import time_interleaved  # noqa: E402
 
 WHEELS = ROOT / "benchmarks" / ".gpu_wheels"
 PARTS = ("environment", "torch", "ort", "tensorrt", "trtexec")
@@ -133,18 +135,6 @@ class Timer:
         return (time.perf_counter() - t0) * 1000
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], timer: Timer, *, warmup: int, repeat: int) -> dict[str, float]:
-    """Median ms of each function, round-robin so that drift affects all alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            samples[name].append(timer(fn))
-    return {k: statistics.median(v) for k, v in samples.items()}
-
-
 def rounding_bound(model: torch.nn.Module, dtype: torch.dtype, tokens: int) -> float:
     """Relative first-order bound on two evaluations of the same DiT forward in ``dtype``: every
     rounding along the longest dependency chain contributes at most the unit roundoff u, and a
@@ -224,7 +214,10 @@ def torch_case(
             denoise = spec.denoiser(module)
             return lambda: sample(denoise, noise, cond, sampler, cfg_scale=cfg, null_cond=null)
 
-        ms = interleaved({"full": run(full), "cached": run(cached)}, timer, warmup=warmup, repeat=repeat)
+        timings = time_interleaved(
+            {"full": run(full), "cached": run(cached)}, warmup=warmup, repeat=repeat, timer=timer
+        )
+        ms = {k: v["median_ms"] for k, v in timings.items()}
         measured = ms["full"] / ms["cached"]
         theoretical = cached.theoretical_speedup
         rows.append(

@@ -74,9 +74,22 @@ def section() -> str:
             f"### The demo\n\n`harmonica-compile demo --out demo-out` took {demo['total_seconds'] / 60:.1f} min "
             f"on 2 cores (training {demo['train_seconds']:.0f} s): CUR {demo['cur']:.2f}, "
             f"{demo['ort_real_speedup']:.2f}x measured in ONNX Runtime ({demo['theoretical_speedup']:.2f}x "
-            f"theoretical), PSNR {demo['psnr_db']} dB against full compute."
+            f"theoretical), PSNR {demo['psnr_db']} dB against full compute"
+            + (f", {demo['threads']} threads chosen." if "threads" in demo else ".")
+            + _busy_demo(demo)
         )
     return "\n\n".join(parts)
+
+
+def _busy_demo(idle: dict) -> str:
+    busy = _load("demo_busy")
+    if not busy:
+        return ""
+    return (
+        f" With {busy['busy_processes']} other CPU-bound process running all along "
+        f"(`python benchmarks/run_demo.py --busy 1`), it chose {busy['threads']} thread(s) and took "
+        f"{busy['total_seconds'] / 60:.1f} min ({busy['total_seconds'] / idle['total_seconds']:.2f}x the idle run)."
+    )
 
 
 def main() -> int:

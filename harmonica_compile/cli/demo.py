@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         "frechet_cached": report.get("frechet"),
         "frechet_full": report.get("frechet_full"),
         "train_seconds": report["train_seconds"],
+        "threads": threads,
         "export_seconds": round(export_s, 2),
         "graphs": len(manifest.graphs),
         "total_seconds": round(time.perf_counter() - t_start, 1),

@@ -184,3 +184,17 @@ def test_run_graph_returns_numpy_on_every_provider(folder):
         arrays.append(np.zeros(shape, dtype=entry["dtype"]))
     outs = runner.run_graph(0, arrays)
     assert all(isinstance(o, np.ndarray) for o in outs)
+
+
+def test_gate_tolerance_is_relative_to_the_output_scale():
+    """fp32 rounding follows the magnitudes a value was computed from: an element near zero in an
+    output of scale 3 may carry ~1e-5 (measured 1.12e-5 on tiny-dit-digits' learned schedule), while
+    TF32 (2**-11 relative on products) or a wiring mistake are far outside."""
+    from harmonica_compile.runtime.parity import outputs_agree
+
+    ref = np.array([3.0, -2.0, 0.0001], dtype=np.float32)
+    assert outputs_agree(ref + np.array([0, 0, 1.12e-5], dtype=np.float32), ref)
+    assert not outputs_agree(ref * (1 + 2.0**-11), ref)  # TF32-sized relative error
+    assert not outputs_agree(ref + np.array([0, 0, 1e-3], dtype=np.float32), ref)
+    small = np.array([0.5, 0.0], dtype=np.float32)  # scale below 1: the plain 1e-5
+    assert outputs_agree(small + 9e-6, small) and not outputs_agree(small + 2e-5, small)
