@@ -422,6 +422,9 @@ def environment(device: torch.device) -> dict[str, Any]:
 
         env["onnxruntime_providers"] = onnxruntime.get_available_providers()
     env["trtexec"] = shutil.which("trtexec")
+    if device.type == "cuda":  # main() turns TF32 off so that the fp32 rows are fp32
+        env["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        env["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
     return env
 
 
@@ -491,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "gpu"
     work = Path(tempfile.mkdtemp(prefix="harmonica-gpu-check-"))
     started = time.perf_counter()
-    env = environment(device)
+    env = environment(device)  # after the TF32 settings above, so the report records them
     results: dict[str, Any] = {}
     status: dict[str, str] = {}
     notes: list[str] = []

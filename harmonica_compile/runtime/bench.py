@@ -205,9 +205,10 @@ def _warning(real: float, theoretical: float, noise: float, repeat: int) -> str 
         return None
     return (
         f"the measured speedup {real:.2f}x exceeds the FLOP bound {theoretical:.2f}x by more than the run-to-run "
-        f"noise (+-{noise:.0%}), so it is not the schedule's doing: suspect too little warm-up (first-call costs "
-        "landing on one side), the two sides running different code, or inputs cached between repeats; rerun with "
-        "more --repeat and --warmup on an idle machine"
+        f"noise (+-{noise:.0%}); suspect too little warm-up (first-call costs landing on one side), the two sides "
+        "running different code, or inputs cached between repeats, and note that the bound counts matmul, "
+        "convolution and attention FLOPs only: on a model this small the norms, activations and copies a cached "
+        "site also skips can be a large share of a step; rerun with more --repeat and --warmup on an idle machine"
     )
 
 
