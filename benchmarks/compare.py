@@ -1,15 +1,19 @@
-"""The paper's comparison on tiny-dit-digits: full compute, FORA, L2C and HarmoniCa.
+"""The comparison on tiny-dit-digits: full compute, FORA, TaylorSeer, L2C, HarmoniCa, and
+HarmoniCa refined by the search on the true final error.
 
-For each step count (10, 20, 50 DDIM steps): full compute; FORA with intervals 2 and 3; L2C and
-HarmoniCa trained to the CURs of FORA(2) and FORA(3) at that step count (so every method is
-compared at the same CUR). Quality from the same 256 noise seeds: final-image MSE and PSNR
-against full compute, class accuracy and Frechet distance (harmonica_compile.metrics). Speed:
-theoretical (FLOPs) and measured, in torch eager and in ONNX Runtime, cached against full compute
-in the same run. Writes results/compare.json, results/compare.md and results/compare_pareto.png.
+For each step count (10, 20, 50 DDIM steps): full compute; FORA and TaylorSeer (order 1 and 2)
+with intervals 2 and 3; L2C and HarmoniCa trained to the CURs of FORA(2) and FORA(3) at that step
+count (so every method is compared at the same CUR); and ``harmonica+search``: the HarmoniCa
+schedule refined with ``--refine search --forecast auto`` (its starts: that schedule, FORA,
+TaylorSeer and the DP schedule; 32 calibration images from seed 1_000_000_009). Quality from the
+same 256 evaluation seeds (seed 1_000_000_007, never used in training or search): final-image MSE
+and PSNR against full compute, class accuracy and Frechet distance. Speed: theoretical (FLOPs)
+and measured, in torch eager and in ONNX Runtime, cached against full compute in the same run.
+Writes results/compare.json, results/compare.md and results/compare_pareto.png.
 
-    python benchmarks/compare.py                 # everything (about 1.5 h on 2 cores)
-    python benchmarks/compare.py --steps 20      # the 20-step table only (about 35 min)
-    python benchmarks/compare.py --reuse         # keep trained schedules from an earlier run
+    python benchmarks/compare.py                 # everything (about 2 h on 2 cores)
+    python benchmarks/compare.py --steps 20      # the 20-step table only
+    python benchmarks/compare.py --reuse         # keep trained and searched schedules from an earlier run
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from harmonica_compile.exporters.onnx import export_onnx
 from harmonica_compile.models.registry import load_model
 from harmonica_compile.runtime.bench import bench_engine
 from harmonica_compile.training import train_schedule
+from harmonica_compile.training.search import refine_schedule
 
 SCHEDULES = RESULTS / "compare_schedules"
 
@@ -85,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reuse", action="store_true", help="reuse schedules trained by an earlier run")
     parser.add_argument("--no-speed", action="store_true", help="quality only")
+    parser.add_argument("--evals", type=int, default=300, help="search evaluations per refined schedule")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     spec = load_model("tiny-dit-digits")
@@ -96,10 +102,16 @@ def main(argv: list[str] | None = None) -> None:
         ts = [float(t) for t in spec.sampler(steps).timesteps]
         targets = [fora_cur(steps, 2), fora_cur(steps, 3)]
         plan: list[tuple[str, Any]] = [("full", CacheSchedule.all_compute(sites, steps, ts, model=spec.name))]
-        plan += [(f"fora{n}", CacheSchedule.fora(sites, steps, n, ts, model=spec.name)) for n in (2, 3)]
-        for method in ("l2c", "harmonica"):
+        for n in (2, 3):
+            plan.append((f"fora{n}", CacheSchedule.fora(sites, steps, n, ts, model=spec.name)))
+            for order in (1, 2):
+                plan.append(
+                    (f"taylorseer{order}-{n}", CacheSchedule.taylorseer(sites, steps, n, order, ts, model=spec.name))
+                )
+        for method in ("l2c", "harmonica", "harmonica+search"):
             for target in targets:
                 plan.append((method, target))
+        trained: dict[tuple[str, float], CacheSchedule] = {}
         for name, item in plan:
             train_s = 0.0
             if isinstance(item, float):
@@ -107,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
                 if args.reuse and path.exists():
                     schedule = CacheSchedule.load(path)
                     train_s = float(schedule.meta.get("train_seconds", 0.0))
+                elif name == "harmonica+search":
+                    schedule, train_s = searched(spec, trained[("harmonica", item)], steps, ts, item, args.evals)
+                    schedule.save(path)
                 else:
                     result = train_schedule(
                         spec,
@@ -119,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
                     train_s = result.train_seconds
                     schedule = result.schedule.with_meta(train_seconds=train_s)
                     schedule.save(path)
+                trained[(name, item)] = schedule
             else:
                 schedule = item
             quality = evaluate_schedule(spec, schedule, num=args.num)
@@ -126,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                 quality["psnr_db"] = None  # identical images: infinite PSNR, which JSON cannot hold
             row = {
                 "steps": steps,
-                "method": name if not name.startswith("fora") else "fora",
+                "method": _family(name),
                 "label": name if not isinstance(item, float) else f"{name}@{item:.2f}",
                 "cur": schedule.cur,
                 "theoretical_speedup": quality["theoretical_speedup"],
@@ -136,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
                 "frechet": quality.get("frechet"),
                 "train_seconds": round(train_s, 1),
                 "iterations": iterations_for(steps) if isinstance(item, float) else 0,
+                "branches": sorted({k for r in schedule.branches for k in r} - {"compute"}),
+                "search_start": schedule.meta.get("start"),
+                "calibration_mse": schedule.meta.get("calibration_error"),
             }
             if not args.no_speed and name != "full":
                 row.update(measure(spec, schedule, args.images, args.repeat, args.threads))
@@ -155,6 +174,31 @@ def main(argv: list[str] | None = None) -> None:
     )
     plot(rows)
     print(to_markdown(rows))
+
+
+def _family(name: str) -> str:
+    return name.split("-")[0].rstrip("0123456789") if not name.startswith("harmonica+") else name
+
+
+def searched(
+    spec: Any, harmonica: CacheSchedule, steps: int, ts: list[float], target: float, evals: int
+) -> tuple[CacheSchedule, float]:
+    """The trained HarmoniCa schedule refined on the true final error (what --refine search does)."""
+    sites = harmonica.sites
+    interval = 2 if abs(target - fora_cur(steps, 2)) < 1e-9 else 3
+    starts = {
+        "harmonica": harmonica,
+        "fora": CacheSchedule.fora(sites, steps, interval, ts),
+        "taylorseer1": CacheSchedule.taylorseer(sites, steps, interval, 1, ts),
+        "taylorseer2": CacheSchedule.taylorseer(sites, steps, interval, 2, ts),
+    }
+    t0 = time.perf_counter()
+    found = refine_schedule(
+        spec, starts, target_cur=target, forecast="auto", evaluations=evals, calibration_seed=1_000_000_009
+    )
+    seconds = time.perf_counter() - t0 + float(harmonica.meta.get("train_seconds", 0.0))
+    schedule = found.schedule.with_meta(model=spec.name, method="harmonica+search", train_seconds=seconds)
+    return schedule, seconds
 
 
 def _fmt(v: Any, spec: str) -> str:
@@ -189,7 +233,13 @@ def plot(rows: list[dict[str, Any]]) -> None:
     what = "measured speedup, ONNX Runtime (x)" if measured else "theoretical speedup, FLOPs (x)"
     fig, axes = plt.subplots(1, len(steps), figsize=(5 * len(steps), 4), squeeze=False)
     for ax, n in zip(axes[0], steps, strict=True):
-        for method, marker in (("fora", "s"), ("l2c", "^"), ("harmonica", "o")):
+        for method, marker in (
+            ("fora", "s"),
+            ("taylorseer", "D"),
+            ("l2c", "^"),
+            ("harmonica", "o"),
+            ("harmonica+search", "*"),
+        ):
             pts = sorted(
                 (r.get("ort_speedup") or r["theoretical_speedup"], r["psnr_db"])
                 for r in rows

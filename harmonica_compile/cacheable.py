@@ -27,7 +27,7 @@ import torch
 from torch import fx, nn
 
 from .capture import CapturedModel, capture
-from .names import INPUT_NAMES
+from .names import CACHE, FORECAST_WEIGHTS, INPUT_NAMES
 from .passes import (
     CLEANUP_PIPELINE,
     CacheSite,
@@ -72,9 +72,12 @@ class CacheableModel:
             self._routed[mode] = InsertCacheBranches(self.sites, mode)(gm).graph_module
         return self._routed[mode]
 
-    def specialize(self, mask: Sequence[bool], refresh: Sequence[str] = ()) -> fx.GraphModule:
-        """The graph of one step: cached sites as ``cache.*`` inputs, refreshed ones as outputs."""
-        return Specialize(self.sites, mask, refresh)(self.captured.graph_module).graph_module
+    def specialize(
+        self, mask: Sequence[bool], refresh: Sequence[str] = (), kinds: Sequence[str] | None = None
+    ) -> fx.GraphModule:
+        """The graph of one step: cached sites as ``cache.*`` inputs (with their history and the
+        forecast weights for forecast ``kinds``), refreshed ones as outputs."""
+        return Specialize(self.sites, mask, refresh, kinds)(self.captured.graph_module).graph_module
 
     def cache_shape(self, site: CacheSite, index: int, batch: int) -> tuple[int, ...]:
         return tuple(batch if d == -1 else d for d in site.shapes[index])
@@ -93,7 +96,13 @@ class CacheableModel:
         batch = self.captured.batch_of(flat_inputs)
         cache = self.example_cache(batch, flat_inputs[0].device)
         names = gm.meta[INPUT_NAMES][len(flat_inputs) :]
-        return [*flat_inputs, *(cache[n] for n in names)]
+        values = []
+        for n in names:
+            if n == FORECAST_WEIGHTS:
+                values.append(torch.zeros(len(self.sites), 3, device=flat_inputs[0].device))
+            else:  # cache_h1.* / cache_h2.* are shaped like cache.*
+                values.append(cache[CACHE + n[n.index(".") :]])
+        return [*flat_inputs, *values]
 
     @functools.cached_property
     def flops_full(self) -> int:

@@ -32,7 +32,7 @@ from torch import fx, nn
 from .cacheable import CacheableModel, count_flops
 from .engine import GraphIO, StepEngine
 from .errors import NumericalError, ScheduleError
-from .names import INPUT_NAMES, OUTPUT_NAMES
+from .names import FORECAST_WEIGHTS, INPUT_NAMES, KINDS, OUTPUT_NAMES
 from .passes import CacheSite
 from .schedule import CacheSchedule
 
@@ -58,8 +58,13 @@ class CachedModel(nn.Module):
         refresh: dict[int, set[str]] = {}
         for step, g in enumerate(groups):
             refresh.setdefault(g, set()).update(schedule.refreshed_sites(step))
-        masks: dict[int, tuple[bool, ...]] = {g: schedule.mask[step] for step, g in reversed(list(enumerate(groups)))}
-        self.graphs = nn.ModuleList([cacheable.specialize(masks[g], sorted(refresh[g])) for g in range(len(masks))])
+        first = {g: step for step, g in reversed(list(enumerate(groups)))}
+        self.graphs = nn.ModuleList(
+            [
+                cacheable.specialize(schedule.mask[first[g]], sorted(refresh[g]), schedule.branches[first[g]])
+                for g in range(len(first))
+            ]
+        )
         self._num_model_inputs = len(cacheable.captured.input_names)
         self._num_model_outputs = len(cacheable.captured.output_names)
         self._timestep_index = cacheable.captured.timestep_input()
@@ -71,8 +76,14 @@ class CachedModel(nn.Module):
             for gm in self.graphs
         ]
         timesteps = schedule.timesteps if self._timestep_index is not None else None
+        step_inputs = None
+        if schedule.uses_forecast:
+            step_inputs = [
+                {FORECAST_WEIGHTS: torch.tensor(schedule.forecast_weights(i), dtype=torch.float64)}
+                for i in range(schedule.num_steps)
+            ]
         #: The run's state: step from timestep, the cache and its refresh rule (shared by every runtime).
-        self.engine = StepEngine(io, groups, timesteps)
+        self.engine = StepEngine(io, groups, timesteps, history=schedule.history_depth, step_inputs=step_inputs)
         self._flops: dict[int, int] = {}
 
     # ------------------------------------------------------------------ facts
@@ -111,12 +122,26 @@ class CachedModel(nn.Module):
             raise ScheduleError(f"step must be an integer in [0, {self.num_steps}), got {step!r}")
 
     def graph_flops(self, graph: int) -> int:
-        """FLOPs of graph ``graph`` at the capture's example batch."""
+        """FLOPs of graph ``graph`` at the capture's example batch: ``torch.utils.flop_counter``'s
+        (matmuls, convolutions, attention), plus a forecast branch's multiply-adds, which it skips."""
         if graph not in self._flops:
             gm = self.graphs[graph]
             inputs = self.cacheable.step_inputs(gm, self.cacheable.captured.example_inputs)  # type: ignore[arg-type]
-            self._flops[graph] = count_flops(gm, inputs)
+            self._flops[graph] = count_flops(gm, inputs) + self._forecast_flops(gm)
         return self._flops[graph]
+
+    def _forecast_flops(self, gm: fx.GraphModule) -> int:
+        batch = self.cacheable.captured.batch_size
+        orders = {"taylor1": 1, "taylor2": 2}
+        total = 0
+        for site, kind in zip(self.site_info, gm.meta.get(KINDS, ()), strict=False):
+            order = orders.get(kind, 0)
+            for j in range(site.num_outputs if order else 0):
+                numel = 1
+                for d in self.cacheable.cache_shape(site, j, batch):
+                    numel *= max(int(d), 1)
+                total += numel * (2 * (order + 1) - 1)  # order + 1 multiplies, order adds
+        return total
 
     def flops(self, step: int) -> int:
         """FLOPs of ``step``'s graph at the capture's example batch (``torch.utils.flop_counter``)."""
@@ -156,6 +181,8 @@ class CachedModel(nn.Module):
 
     def _run_graph(self, graph: int, flat: Sequence[torch.Tensor], cache_in: Sequence[torch.Tensor]) -> list[Any]:
         gm = self.graphs[graph]
+        if cache_in and gm.meta[INPUT_NAMES][-1] == FORECAST_WEIGHTS:  # the schedule's weights, on the inputs' device
+            cache_in = [*cache_in[:-1], cache_in[-1].to(flat[0].device)]
         outs = list(gm(*flat, *cache_in))
         if self.check_finite:
             names = gm.meta[INPUT_NAMES][self._num_model_inputs :]

@@ -4,7 +4,11 @@ A sampling run is a sequence of calls. The engine turns each call into a step (f
 when the schedule carries timesteps; by counting calls otherwise), starts a new run at step 0,
 keeps the batch of a run fixed, holds the cache (``cache.<site>`` -> value), feeds each step's
 graph the cached values it reads and stores the values it refreshes (``new_cache.<site>`` becomes
-``cache.<site>`` for later steps). What runs a graph is the runtime's business: the torch
+``cache.<site>`` for later steps). For forecast branches it keeps ``history`` older values per
+site (a refresh shifts ``cache`` to ``cache_h1`` and ``cache_h1`` to ``cache_h2``) and feeds the
+per-step inputs a schedule fixes (``step_inputs``: the forecast weights).
+
+What runs a graph is the runtime's business: the torch
 :class:`~harmonica_compile.CachedModel`, the ONNX Runtime and TensorRT runners and the diffusers
 drop-in all drive one :class:`StepEngine` and hand it a ``run(graph, model_inputs, cache_inputs)``
 callable.
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InputError, ScheduleError
-from .names import cache_input_for
+from .names import HISTORY, cache_input_for
 from .schedule import find_step
 
 __all__ = ["GraphIO", "StepEngine", "StepHook"]
@@ -55,8 +59,16 @@ class StepEngine:
         timesteps: Sequence[float] | None = None,
         *,
         owner: str | None = None,
+        history: int = 0,
+        step_inputs: Sequence[dict[str, Any]] | None = None,
     ):
         self.graphs = list(graphs)
+        if not 0 <= history < len(HISTORY):
+            raise ScheduleError(f"history must be 0 to {len(HISTORY) - 1} older values, got {history}")
+        #: Older computed values kept per site, beyond the last one.
+        self.history = history
+        #: Per step, inputs the schedule fixes (by name), fed beside the cache.
+        self.step_inputs = [dict(d) for d in step_inputs] if step_inputs is not None else None
         self.step_graph = list(step_graph)
         if timesteps is not None and len(timesteps) != len(self.step_graph):
             raise ScheduleError(f"{len(timesteps)} timesteps for {len(self.step_graph)} steps")
@@ -88,6 +100,16 @@ class StepEngine:
         self.next_step = 0
         self.batch = None
 
+    def _shift(self, key: str) -> None:
+        """Before ``key`` (``cache.<site>``) takes a new value, move the older ones down its history."""
+        suffix = key[len(HISTORY[0]) :]
+        for age in range(self.history, 0, -1):
+            newer = HISTORY[age - 1] + suffix
+            if newer in self.cache:
+                self.cache[HISTORY[age] + suffix] = self.cache[newer]
+                if newer in self.filled_at:
+                    self.filled_at[HISTORY[age] + suffix] = self.filled_at[newer]
+
     def resolve(self, timestep: float | None) -> int:
         """The step a call with ``timestep`` runs (the next one when steps are counted by calls)."""
         if self.timesteps is None or timestep is None:
@@ -117,8 +139,12 @@ class StepEngine:
         self.current = step
         graph = self.step_graph[step]
         io = self.graphs[graph]
+        fixed = self.step_inputs[step] if self.step_inputs is not None else {}
         cache_inputs = []
         for name in io.cache_inputs:
+            if name in fixed:
+                cache_inputs.append(fixed[name])
+                continue
             if name not in self.cache:
                 raise ScheduleError(
                     f"step {step} reads '{name}' but no earlier step of this run computed it; calls must follow "
@@ -131,6 +157,7 @@ class StepEngine:
         split = len(outputs) - len(io.cache_outputs)
         for name, value in zip(io.cache_outputs, outputs[split:], strict=True):
             key = cache_input_for(name)
+            self._shift(key)
             self.cache[key] = value
             self.filled_at[key] = step
         self.next_step = step + 1

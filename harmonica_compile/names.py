@@ -6,6 +6,10 @@ A site's identity is its module path everywhere. Its values travel under three p
 - ``new_cache.<site>``: a specialized graph's output, the fresh value a later step will read;
 - ``fresh.<site>``: a routed graph's output, every site's fresh value (training, parity checks).
 
+A forecast branch also reads the site's older computed values, ``cache_h1.<site>`` (the one before
+the last) and ``cache_h2.<site>``, and the step's combination weights, ``forecast.weights``
+(``[num_sites, 3]``: the weight of the last, previous and the one before, per site).
+
 A site with several outputs (joint attention) adds the output index: ``cache.<site>.0``, ...
 
 Example:
@@ -19,9 +23,12 @@ from __future__ import annotations
 
 __all__ = [
     "CACHE",
+    "FORECAST_WEIGHTS",
     "FRESH",
+    "HISTORY",
     "INPUT_NAME",
     "INPUT_NAMES",
+    "KINDS",
     "MASK",
     "NEW_CACHE",
     "OUTPUT_NAMES",
@@ -32,6 +39,7 @@ __all__ = [
     "SITES",
     "SITE_OUTPUT",
     "cache_input_for",
+    "history_names",
     "site_value_names",
 ]
 
@@ -39,6 +47,9 @@ __all__ = [
 CACHE = "cache"
 NEW_CACHE = "new_cache"
 FRESH = "fresh"
+#: The last computed value and the two before it: what a cached entry of forecast order k reads.
+HISTORY = (CACHE, "cache_h1", "cache_h2")
+FORECAST_WEIGHTS = "forecast.weights"
 
 # ---------------------------------------------------------------------------------- node.meta keys
 #: ``{"pass", "site", "branch"}`` on every node a pass creates.
@@ -53,8 +64,9 @@ SITE_OUTPUT = "harmonica_site"
 INPUT_NAMES = "harmonica_input_names"
 #: Public names of the graph's outputs, in order.
 OUTPUT_NAMES = "harmonica_output_names"
-#: A specialized graph's step mask (True = compute), and the sites whose value it hands on.
+#: A specialized graph's step mask (True = compute), its read-branch kinds, and the sites whose value it hands on.
 MASK = "harmonica_mask"
+KINDS = "harmonica_kinds"
 REFRESH = "harmonica_refresh"
 #: ``"soft"`` or ``"hard"`` on routed graphs.
 ROUTING = "harmonica_routing"
@@ -63,7 +75,7 @@ SITES = "harmonica_sites"
 
 # ---------------------------------------------------------------------------------- manifest roles
 #: Roles of exported graph inputs and outputs.
-ROLES = ("latent", "timestep", "condition", "cache_in", "cache_out", "output")
+ROLES = ("latent", "timestep", "condition", "cache_in", "cache_out", "forecast_weights", "output")
 
 
 def site_value_names(prefix: str, site: str, num_outputs: int) -> list[str]:
@@ -71,6 +83,13 @@ def site_value_names(prefix: str, site: str, num_outputs: int) -> list[str]:
     if num_outputs == 1:
         return [f"{prefix}.{site}"]
     return [f"{prefix}.{site}.{i}" for i in range(num_outputs)]
+
+
+def history_names(site: str, num_outputs: int, order: int) -> list[str]:
+    """The inputs a cached entry of forecast ``order`` reads: for each output, the last computed
+    value and ``order`` older ones (``cache.*``, ``cache_h1.*``, ``cache_h2.*``), output by output."""
+    names = [site_value_names(prefix, site, num_outputs) for prefix in HISTORY[: order + 1]]
+    return [n for per_output in zip(*names, strict=True) for n in per_output]
 
 
 def cache_input_for(new_cache_name: str) -> str:

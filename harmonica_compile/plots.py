@@ -92,14 +92,23 @@ def save_side_by_side(
 
 
 def save_schedule_heatmap(schedule: CacheSchedule, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
-    """Steps (rows, first step at the top) x sites (columns): dark = computed, light = read from cache."""
+    """Steps (rows, first step at the top) x sites (columns), one colour per read branch: computed
+    (dark), reused (light), forecast with order 1 or 2 (greens)."""
     plt = _plt()
     from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
 
-    mask = schedule.array().astype(float)
-    steps, sites = mask.shape
+    kinds = ("reuse", "taylor1", "taylor2", "compute")
+    colours = ("#f3d9a4", "#a8d5a2", "#4f9a5a", "#1f4e79")
+    labels_of = {
+        "reuse": "cached: reuse",
+        "taylor1": "cached: forecast, order 1",
+        "taylor2": "cached: forecast, order 2",
+    }
+    grid = np.array([[kinds.index(k) for k in row] for row in schedule.branches], dtype=float)
+    steps, sites = grid.shape
     fig, ax = plt.subplots(figsize=(min(18, 2 + sites * 0.28), min(14, 1.5 + steps * 0.22)))
-    ax.imshow(mask, cmap=ListedColormap(["#f3d9a4", "#1f4e79"]), vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    ax.imshow(grid, cmap=ListedColormap(colours), vmin=0, vmax=3, aspect="auto", interpolation="nearest")
     labels = list(schedule.sites)
     ax.set_xticks(range(sites))
     ax.set_xticklabels(labels, rotation=90, fontsize=max(4, min(8, 400 // max(sites, 1))))
@@ -110,15 +119,11 @@ def save_schedule_heatmap(schedule: CacheSchedule, path: str | os.PathLike[str],
     )
     ax.set_xlabel("cache site")
     ax.set_ylabel("denoising step")
-    ax.set_title(title or f"computed (dark) vs cached (light); CUR {schedule.cur:.2f}", fontsize=9)
-    from matplotlib.patches import Patch
-
-    ax.legend(
-        handles=[Patch(color="#1f4e79", label="computed"), Patch(color="#f3d9a4", label="cached")],
-        loc="upper left",
-        bbox_to_anchor=(1.0, 1.0),
-        fontsize=8,
-    )
+    ax.set_title(title or f"read branch per step and site; CUR {schedule.cur:.2f}", fontsize=9)
+    used = {k for row in schedule.branches for k in row}
+    handles = [Patch(color=colours[3], label="computed")]
+    handles += [Patch(color=colours[i], label=labels_of[k]) for i, k in enumerate(kinds[:3]) if k in used]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     return _save(fig, path)
 
 

@@ -2,8 +2,10 @@
 
 This is the way caching tools without a compiler do it (diffusers hooks, L2C's scripts): every
 site module still runs, and a forward hook either stores its output (compute step) or replaces it
-by the stored one (cached step). It shares no code with the graph passes, which makes it the
-oracle our tests compare :class:`~harmonica_compile.CachedModel` against, and a fallback for models
+by the stored one (cached step), or, for a forecast branch, by the Newton divided-difference
+extrapolation of the stored values (TaylorSeer's form, written here independently of the
+schedule's Lagrange weights). It shares no code with the graph passes, which makes it the oracle
+our tests compare :class:`~harmonica_compile.CachedModel` against, and a fallback for models
 ``torch.export`` cannot capture (it saves no compute).
 
 Example:
@@ -41,6 +43,24 @@ def _detach(value: Any) -> Any:
     return value
 
 
+def _newton(points: list[tuple[int, Any]], at: int) -> Any:
+    """The polynomial through ``points`` ((step, value), most recent first) evaluated at ``at``,
+    by Newton's divided differences."""
+    if isinstance(points[0][1], tuple):
+        return tuple(_newton([(s, v[j]) for s, v in points], at) for j in range(len(points[0][1])))
+    (s1, c1), rest = points[0], points[1:]
+    if not rest:
+        return c1
+    s2, c2 = rest[0]
+    d1 = (c1 - c2) / (s1 - s2)
+    out = c1 + d1 * (at - s1)
+    if len(rest) > 1:
+        s3, c3 = rest[1]
+        d2 = (c2 - c3) / (s2 - s3)
+        out = out + (d1 - d2) / (s1 - s3) * (at - s1) * (at - s2)
+    return out
+
+
 class HookCachedModel(nn.Module):
     """Run ``schedule`` over ``model`` by forward hooks; counts steps by calls."""
 
@@ -52,7 +72,7 @@ class HookCachedModel(nn.Module):
         missing = [s for s in schedule.sites if s not in modules]
         if missing:
             raise ScheduleError(f"the schedule names sites that are not modules of the model: {missing[:5]}")
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[str, list[tuple[int, Any]]] = {}  # site -> [(step, value)], most recent first
         self._step = 0
         self._handles = [
             modules[name].register_forward_hook(self._hook(k, name)) for k, name in enumerate(schedule.sites)
@@ -64,11 +84,13 @@ class HookCachedModel(nn.Module):
     def _hook(self, k: int, name: str):
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             if self.schedule.mask[self._step][k]:
-                self._cache[name] = _detach(output)
+                self._cache[name] = [(self._step, _detach(output)), *self._cache.get(name, [])][:3]
                 return None
             if name not in self._cache:
                 raise ScheduleError(f"step {self._step} reads site '{name}' before any step computed it")
-            return self._cache[name]
+            kind = self.schedule.branches[self._step][k]
+            order = {"reuse": 0, "taylor1": 1, "taylor2": 2}[kind]
+            return _newton(self._cache[name][: order + 1], self._step)
 
         return hook
 

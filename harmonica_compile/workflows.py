@@ -47,29 +47,41 @@ def optimize_to_folder(
     overwrite: bool = False,
     evaluate: bool = True,
     eval_num: int = 256,
-    eval_seed: int = 0,
+    eval_seed: int | None = None,
     progress: bool = True,
     comm: Any = None,
+    start: CacheSchedule | str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train ``config``'s schedule for ``model`` (a name or a ModelSpec) into the folder ``out``;
     return the report (also written as ``report.json``). ``comm`` is the process group of a
-    ``torchrun`` run (only the main process writes)."""
+    ``torchrun`` run (only the main process writes). ``start`` (a schedule or its file / folder) is
+    one more start for ``refine="search"``; it must be for this model and step count."""
+    from .evaluation import EVAL_SEED
     from .training.distributed import init_from_env
 
     out = Path(out)
+    eval_seed = EVAL_SEED if eval_seed is None else eval_seed
+    trained = config.method in ("harmonica", "l2c")
     if not resume and not overwrite and (out / "schedule.json").exists():
-        hint = "" if config.method == "fora" else " or --resume to continue the training"
+        hint = " or --resume to continue" if trained or config.refine == "search" else ""
         raise ConfigError(f"{out} already holds a schedule; pass --overwrite to replace it{hint}")
     comm = comm or init_from_env()
     spec = load_model(model)
+    extra = {}
+    if start is not None:
+        if config.refine != "search":
+            raise ConfigError("a start schedule is a start of the search: pass --refine search")
+        extra["start"] = _start_schedule(start, spec, config)
     t0 = time.perf_counter()
     result = train_schedule(
         spec,
         config=config,
-        checkpoint=out / "checkpoint.safetensors" if config.method != "fora" else None,
+        checkpoint=out / "checkpoint.safetensors" if trained else None,
         resume=resume,
         progress=progress,
         comm=comm,
+        search_checkpoint=out / "search.json" if config.refine == "search" else None,
+        extra_starts=extra,
     )
     report: dict[str, Any] = {
         "method": config.method,
@@ -84,26 +96,51 @@ def optimize_to_folder(
         "processes": comm.world_size,
         "resumed_from": result.resumed_from,
         "config": config.to_json(),
+        "forecast": config.forecast,
+        "branches_used": sorted({k for row in result.schedule.branches for k in row} - {"compute"}),
     }
+    if result.search is not None:
+        report["search"] = {k: v for k, v in result.search.items() if k != "history"}
+        report["calibration"] = result.search["calibration"]
+        report["start"] = {"name": result.search["start"], "calibration_mse": result.search["start_error"]}
+        report["calibration_mse"] = result.search["final_error"]
     if not comm.is_main:
         return report
     if evaluate:
         from .evaluation import evaluate_schedule
 
+        report["evaluation"] = {"seed": eval_seed, "num": eval_num}
         report.update(evaluate_schedule(spec, result.schedule, num=eval_num, seed=eval_seed, progress=progress))
     out.mkdir(parents=True, exist_ok=True)
     result.schedule.save(out / "schedule.json")
     result.save_routers(out / "routers.safetensors")
     report["history"] = result.history
+    if result.search is not None:
+        report["search_history"] = result.search["history"]
     atomic_write_json(out / "report.json", report)
     from .plots import save_schedule_heatmap
 
     save_schedule_heatmap(
         result.schedule,
         out / "schedule.png",
-        title=f"{spec.name}: {config.method}, {config.num_steps} steps, CUR {result.schedule.cur:.2f}",
+        title=f"{spec.name}: {config.method}{' + search' if config.refine == 'search' else ''}, "
+        f"{config.num_steps} steps, CUR {result.schedule.cur:.2f}",
     )
     return report
+
+
+def _start_schedule(start: Any, spec: Any, config: TrainConfig) -> CacheSchedule:
+    schedule = start if isinstance(start, CacheSchedule) else CacheSchedule.load(schedule_file(start))
+    if schedule.num_steps != config.num_steps:
+        raise ConfigError(
+            f"the start schedule has {schedule.num_steps} steps, the search is for {config.num_steps}; "
+            f"give a {config.num_steps}-step schedule or --steps {schedule.num_steps}"
+        )
+    made_for = schedule.meta.get("model")
+    if made_for and made_for != spec.name:
+        raise ConfigError(f"the start schedule was made for model {made_for!r}, not {spec.name!r}")
+    schedule.check_sites(spec.cacheable().site_names, what=f"model {spec.name!r}")
+    return schedule
 
 
 def export_schedule(

@@ -27,7 +27,7 @@ def test_json_round_trip_is_exact(tmp_path):
     assert loaded == s and loaded.timesteps == (999.0, 500.5, 0.0) and loaded.meta["method"] == "x"
     data = json.loads(path.read_text())
     assert data["mask"] == [[True, True, True], [False, True, False], [True, False, False]]
-    assert data["sites"] == SITES and data["format"] == "harmonica-compile/schedule" and data["version"] == 1
+    assert data["sites"] == SITES and data["format"] == "harmonica-compile/schedule" and data["version"] == 2
 
 
 def test_minimal_hand_written_json_loads(tmp_path):

@@ -148,15 +148,40 @@ class GraphEntry:
 
 @dataclass(frozen=True)
 class StepEntry:
-    """One sampling step: its timestep, the graph it runs and its mask."""
+    """One sampling step: its timestep, the graph it runs and its mask; with forecast branches also
+    each site's branch kind and the ``forecast.weights`` the step feeds its graph."""
 
     index: int
     timestep: float
     graph: int
     mask: tuple[bool, ...]
+    branches: tuple[str, ...] | None = None
+    forecast_weights: tuple[tuple[float, ...], ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "timestep": self.timestep, "graph": self.graph, "mask": list(self.mask)}
+        out: dict[str, Any] = {
+            "index": self.index,
+            "timestep": self.timestep,
+            "graph": self.graph,
+            "mask": list(self.mask),
+        }
+        if self.branches is not None:
+            out["branches"] = list(self.branches)
+        if self.forecast_weights is not None:
+            out["forecast_weights"] = [list(w) for w in self.forecast_weights]
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StepEntry:
+        weights = data.get("forecast_weights")
+        return cls(
+            int(data["index"]),
+            float(data["timestep"]),
+            int(data["graph"]),
+            tuple(bool(m) for m in data["mask"]),
+            tuple(data["branches"]) if data.get("branches") is not None else None,
+            tuple(tuple(float(v) for v in w) for w in weights) if weights is not None else None,
+        )
 
 
 def build_manifest(

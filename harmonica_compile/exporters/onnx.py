@@ -31,7 +31,7 @@ from typing import Any
 from ..cached_model import CachedModel
 from ..errors import ExportError
 from ..io import atomic_dir, save_safetensors, sha256_file
-from ..names import CACHE, INPUT_NAMES, MASK, NEW_CACHE, OUTPUT_NAMES, REFRESH
+from ..names import CACHE, FORECAST_WEIGHTS, HISTORY, INPUT_NAMES, KINDS, MASK, NEW_CACHE, OUTPUT_NAMES, REFRESH
 from .config import DEFAULT_OPSET, ExportConfig
 from .manifest import GraphEntry, IOEntry, Manifest, StepEntry, build_manifest, load_manifest
 from .onnx_passes import specialize_passes
@@ -85,6 +85,10 @@ def _roles(cached: CachedModel) -> dict[str, tuple[str, str | None]]:
         for c, n in zip(site.cache_names(CACHE), site.cache_names(NEW_CACHE), strict=True):
             roles[c] = ("cache_in", site.name)
             roles[n] = ("cache_out", site.name)
+        for prefix in HISTORY[1:]:
+            for h in site.cache_names(prefix):
+                roles[h] = ("cache_in", site.name)
+    roles[FORECAST_WEIGHTS] = ("forecast_weights", None)
     return roles
 
 
@@ -133,7 +137,8 @@ def export_onnx(
         for gid in range(cached.num_graphs):
             gm = cached.graphs[gid]
             mask = list(gm.meta[MASK])
-            passes = specialize_passes(mask, cached.site_info, gm.meta[REFRESH], captured.input_names)
+            kinds = list(gm.meta[KINDS])
+            passes = specialize_passes(mask, cached.site_info, gm.meta[REFRESH], captured.input_names, kinds)
             model = passes(ir.from_proto(base)).model
             name = f"graph_{gid:03d}.onnx"
             ir.save(model, tmp / name)
@@ -160,7 +165,14 @@ def export_onnx(
             )
         specialize_seconds = time.perf_counter() - t1
         steps = [
-            StepEntry(i, timesteps[i], cached.graph_of_step(i), tuple(schedule.mask[i]))
+            StepEntry(
+                i,
+                timesteps[i],
+                cached.graph_of_step(i),
+                tuple(schedule.mask[i]),
+                tuple(schedule.branches[i]) if schedule.uses_forecast else None,
+                tuple(schedule.forecast_weights(i)) if schedule.uses_forecast else None,
+            )
             for i in range(schedule.num_steps)
         ]
         model_facts: dict[str, Any] = {"name": model_name, "class": captured.model_class}
@@ -173,6 +185,7 @@ def export_onnx(
             schedule={
                 "sites": list(schedule.sites),
                 "cur": schedule.cur,
+                "history": schedule.history_depth,
                 "meta": dict(schedule.meta),
                 "theoretical_speedup": cached.theoretical_speedup,
             },

@@ -255,7 +255,7 @@ def export_tensorrt(
             model=source.data["model"],
             sampler=source.data["sampler"],
             schedule=source.data["schedule"],
-            steps=[StepEntry(s["index"], s["timestep"], s["graph"], tuple(s["mask"])) for s in source.steps],
+            steps=[StepEntry.from_json(s) for s in source.steps],
             graphs=graphs,
             files={**source.data.get("files", {}), **{g.onnx_file: g.onnx_sha256 for g in graphs}},
             tools=tool_versions({"tensorrt": version}),

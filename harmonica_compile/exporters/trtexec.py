@@ -130,8 +130,8 @@ def write_trtexec_inputs(
 
     Returns ``{graph id: {input name: path}}``; files go to ``folder/trtexec_inputs/b<batch>/``.
     Model inputs are the export's example inputs tiled along the batch (valid labels, masks and
-    embeddings by construction), the timestep is the one of the graph's first step, and caches are
-    standard normal (their values do not change which kernels run).
+    embeddings by construction), the timestep and forecast weights are those of the graph's first
+    step, and caches are standard normal (their values do not change which kernels run).
     """
     manifest = manifest or load_manifest(folder)
     folder = Path(folder)
@@ -141,9 +141,9 @@ def write_trtexec_inputs(
     if not name:
         raise ArtifactError(f"{folder} has no example inputs (exported by an older harmonica-compile); export it again")
     examples, _ = load_safetensors(folder / name, what="example inputs")
-    first_step = {}
+    first_step: dict[int, Any] = {}
     for step in manifest.steps:
-        first_step.setdefault(int(step["graph"]), float(step["timestep"]))
+        first_step.setdefault(int(step["graph"]), step)
     gen = np.random.default_rng(seed)
     out: dict[int, dict[str, Path]] = {}
     target = folder / INPUTS_DIR / f"b{batch}"
@@ -156,8 +156,11 @@ def write_trtexec_inputs(
                     f"graph {g['id']}: input '{entry['name']}' has dtype {entry['dtype']} trtexec files do not support"
                 )
             shape = [batch if d == "batch" else int(d) for d in entry["shape"]]
+            step = first_step.get(g["id"], {})
             if entry["role"] == "timestep":
-                array = np.full(shape, first_step.get(g["id"], 0.0)).astype(dtype)
+                array = np.full(shape, float(step.get("timestep", 0.0))).astype(dtype)
+            elif entry["role"] == "forecast_weights":  # the weights of the graph's first step
+                array = np.asarray(step["forecast_weights"], dtype=dtype).reshape(shape)
             elif entry["role"] == "cache_in":
                 array = gen.standard_normal(shape).astype(dtype)
             elif entry["name"] in examples:

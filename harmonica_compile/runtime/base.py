@@ -14,13 +14,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..engine import GraphIO, StepEngine
 from ..errors import InputError, RuntimeBackendError
 from ..exporters.manifest import Manifest, load_manifest
+from ..names import FORECAST_WEIGHTS
 
 __all__ = ["EngineRunner"]
+
+#: Graph inputs the step engine feeds: cached values (and their history) and the step's forecast weights.
+_FED_BY_ENGINE = ("cache_in", "forecast_weights")
 
 
 class EngineRunner:
@@ -41,13 +46,25 @@ class EngineRunner:
         self._timesteps = self.manifest.timesteps
         io = [
             GraphIO(
-                tuple(e["name"] for e in g["inputs"] if e["role"] == "cache_in"),
+                tuple(e["name"] for e in g["inputs"] if e["role"] in _FED_BY_ENGINE),
                 tuple(e["name"] for e in g["outputs"] if e["role"] == "cache_out"),
             )
             for g in self._graphs
         ]
+        step_inputs = None
+        if any("forecast_weights" in s for s in self.manifest.steps):
+            step_inputs = [
+                {FORECAST_WEIGHTS: np.asarray(s.get("forecast_weights"), dtype=np.float32)} for s in self.manifest.steps
+            ]
         #: The run's state, shared with every other runtime (hooks: ``runner.engine.add_hook``).
-        self.engine = StepEngine(io, step_graph, self._timesteps, owner=str(self.folder))
+        self.engine = StepEngine(
+            io,
+            step_graph,
+            self._timesteps,
+            owner=str(self.folder),
+            history=int(self.manifest.data["schedule"].get("history", 0)),
+            step_inputs=step_inputs,
+        )
         #: The batch sizes the graphs take: ``{"min", "opt", "max"}`` from the manifest (model batch,
         #: i.e. images x 2 with classifier-free guidance).
         self.batch_range = dict(self.manifest.data.get("batch", {"min": 1, "max": 1 << 30}))
@@ -127,7 +144,7 @@ class EngineRunner:
                     feeds[name] = cond
                 else:
                     raise InputError(f"the graph takes conditions {[c['name'] for c in conds]}; pass a dict")
-            elif role != "cache_in":
+            elif role not in _FED_BY_ENGINE:
                 raise RuntimeBackendError(f"{self.folder}: input '{name}' has an unknown role {role!r}")
         return feeds
 
@@ -138,7 +155,7 @@ class EngineRunner:
         def run(graph_id: int, model_inputs: Any, cache_inputs: Any) -> list[Any]:
             graph = self._graphs[graph_id]
             feeds = self._model_feeds(graph, x, t, cond)
-            cache_names = [e["name"] for e in graph["inputs"] if e["role"] == "cache_in"]
+            cache_names = [e["name"] for e in graph["inputs"] if e["role"] in _FED_BY_ENGINE]
             feeds.update(zip(cache_names, cache_inputs, strict=True))
             return self._run(graph_id, {e["name"]: feeds[e["name"]] for e in graph["inputs"]})
 

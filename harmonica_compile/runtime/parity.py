@@ -118,7 +118,9 @@ def check_parity(
                 inputs[i] = torch.randn(inputs[i].shape, generator=gen, dtype=inputs[i].dtype)
         with torch.no_grad():
             want = [t.numpy() for t in gm(*inputs)]
-        got = runner.run_graph(gid, [t.numpy() for t in inputs])
+        # in the graph's input dtypes (the torch runtime may hold the forecast weights in float64)
+        arrays = [t.numpy().astype(e["dtype"], copy=False) for e, t in zip(g["inputs"], inputs, strict=True)]
+        got = runner.run_graph(gid, arrays)
         for entry, w, o in zip(g["outputs"], want, got, strict=True):
             diff = float(np.abs(w - o).max()) if w.size else 0.0
             worst_graph = max(worst_graph, diff)

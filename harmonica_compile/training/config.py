@@ -18,15 +18,18 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["METHODS", "TRAIN_CONFIG_VERSION", "TrainConfig"]
+__all__ = ["FORECASTS", "METHODS", "REFINES", "TRAIN_CONFIG_VERSION", "TrainConfig"]
 
-METHODS = ("harmonica", "l2c", "fora")
+METHODS = ("harmonica", "l2c", "fora", "taylorseer")
+FORECASTS = ("none", "taylor1", "taylor2", "auto")
+REFINES = ("none", "search")
 TRAIN_CONFIG_VERSION = 1
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    #: ``harmonica`` (SDT + IEPO), ``l2c`` (Learning-to-Cache) or ``fora`` (static interval, no training).
+    #: ``harmonica`` (SDT + IEPO), ``l2c`` (Learning-to-Cache), ``fora`` (static interval, no training)
+    #: or ``taylorseer`` (FORA's interval with finite-difference forecasts, order from ``forecast``).
     method: str = "harmonica"
     #: Sampling steps the schedule is for.
     num_steps: int = 20
@@ -69,6 +72,19 @@ class TrainConfig:
     seed: int = 0
     #: Write a checkpoint every N iterations (0: never).
     checkpoint_every: int = 50
+    #: Read branch of cached entries: ``none`` (reuse), ``taylor1`` / ``taylor2`` (forecast), or
+    #: ``auto`` (the search picks per step and site; needs ``refine="search"``). TaylorSeer uses
+    #: order 1 for ``taylor1`` and order 2 otherwise.
+    forecast: str = "none"
+    #: ``search``: refine the schedule on the true final-image error of a calibration set.
+    refine: str = "none"
+    #: At most this many consecutive cached steps per site (``None``: no cap).
+    max_cache_age: int | None = None
+    #: Evaluations of the refinement search (each a calibration-set sampling run, or part of one).
+    search_evaluations: int = 300
+    #: Calibration images of the search, and their noise seed (disjoint from the evaluation seeds).
+    calibration_num: int = 32
+    calibration_seed: int = 1_000_000_009
     version: int = TRAIN_CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -89,8 +105,8 @@ class TrainConfig:
                 )
         elif self.beta is None and self.method != "fora":
             raise ConfigError("give target_cur, or beta (the L1 weight) to train without a CUR target")
-        elif self.method == "fora" and self.fora_interval is None:
-            raise ConfigError("FORA needs target_cur (to pick the interval) or fora_interval")
+        elif self.method in ("fora", "taylorseer") and self.fora_interval is None:
+            raise ConfigError(f"{self.method} needs target_cur (to pick the interval) or fora_interval")
         if self.beta is not None and not self.beta >= 0:
             raise ConfigError(f"beta must be >= 0, got {self.beta}")
         _int_at_least("iterations", self.iterations, 1)
@@ -116,6 +132,20 @@ class TrainConfig:
             raise ConfigError(f"ramp must be in [0, 1), got {self.ramp}")
         if not 0.0 <= self.importance_decay < 1.0:
             raise ConfigError(f"importance_decay must be in [0, 1), got {self.importance_decay}")
+        if self.forecast not in FORECASTS:
+            raise ConfigError(f"forecast must be one of {', '.join(FORECASTS)}, got {self.forecast!r}")
+        if self.refine not in REFINES:
+            raise ConfigError(f"refine must be one of {', '.join(REFINES)}, got {self.refine!r}")
+        if self.forecast == "auto" and self.refine != "search":
+            raise ConfigError(
+                "forecast 'auto' lets the search pick each branch: pass --refine search (refine='search')"
+            )
+        if self.max_cache_age is not None:
+            _int_at_least("max_cache_age", self.max_cache_age, 1)
+        _int_at_least("search_evaluations", self.search_evaluations, 0)
+        _int_at_least("calibration_num", self.calibration_num, 1)
+        if self.refine == "search" and self.target_cur is None:
+            raise ConfigError("the search keeps the CUR at its target: give target_cur")
         if self.version != TRAIN_CONFIG_VERSION:
             raise ConfigError(f"train config version {self.version} is not {TRAIN_CONFIG_VERSION}; re-create it")
 

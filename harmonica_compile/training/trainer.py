@@ -36,7 +36,7 @@ from .router import Router
 from .runner import StepRunner
 from .sdt import sdt_iteration
 
-__all__ = ["TrainResult", "fora_interval_for", "load_routers", "train_schedule"]
+__all__ = ["TrainResult", "fora_interval_for", "limit_cache_age", "load_routers", "train_schedule"]
 
 
 @dataclass
@@ -49,6 +49,8 @@ class TrainResult:
     train_seconds: float = 0.0
     threshold_logit: float | None = None
     resumed_from: int | None = None
+    #: The refinement search's facts (start, calibration set, errors), when it ran.
+    search: dict[str, Any] | None = None
 
     def save_routers(self, path: str | os.PathLike[str]) -> Path:
         """``routers.safetensors``: the logits ``[T, S]``, lambda ``[T]`` and the settings, no pickle."""
@@ -132,6 +134,8 @@ def train_schedule(
     progress: bool = True,
     comm: Comm | None = None,
     stop_after: int | None = None,
+    search_checkpoint: str | os.PathLike[str] | None = None,
+    extra_starts: dict[str, CacheSchedule] | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train (or, for FORA, pick) a schedule for ``model``; see :class:`TrainConfig` for the options.
@@ -140,6 +144,12 @@ def train_schedule(
     :class:`CacheableModel` together with ``spec``. With ``checkpoint`` a checkpoint is written
     every ``checkpoint_every`` iterations; ``resume=True`` continues from it. ``stop_after`` ends
     this run after that many iterations (with a checkpoint), to continue later with ``resume``.
+
+    After training: ``max_cache_age`` caps consecutive cached steps (moving the fewest entries, by
+    router logit, so the CUR stays exact), ``forecast`` sets the read branch of cached entries,
+    and ``refine="search"`` improves the schedule on the calibration set's true final error
+    (:mod:`~harmonica_compile.training.search`), starting from the best of it, FORA, TaylorSeer,
+    ``extra_starts`` and a dynamic-programming schedule (checkpointed to ``search_checkpoint``).
     """
     config = (config or TrainConfig()).replace(**overrides) if overrides else (config or TrainConfig())
     cm, spec = _resolve(model, spec)
@@ -158,10 +168,20 @@ def train_schedule(
         "sampler": getattr(sampler, "name", type(sampler).__name__),
     }
 
-    if config.method == "fora":
+    if config.method in ("fora", "taylorseer"):
         interval = config.fora_interval or fora_interval_for(T, float(config.target_cur))
-        schedule = CacheSchedule.fora(sites, T, interval, timesteps=timesteps, **{**base_meta, "method": "fora"})
-        return TrainResult(schedule, config, torch.zeros(T, S), torch.zeros(T))
+        if config.max_cache_age is not None and interval - 1 > config.max_cache_age:
+            raise ConfigError(
+                f"{config.method} with interval {interval} caches {interval - 1} steps in a row, more than "
+                f"max_cache_age {config.max_cache_age}; lower the target CUR or raise --max-cache-age"
+            )
+        if config.method == "fora":
+            schedule = CacheSchedule.fora(sites, T, interval, timesteps=timesteps, **base_meta)
+        else:
+            order = 1 if config.forecast == "taylor1" else 2
+            schedule = CacheSchedule.taylorseer(sites, T, interval, order, timesteps=timesteps, **base_meta)
+        result = TrainResult(schedule, config, torch.zeros(T, S), torch.zeros(T))
+        return _finish(result, spec, config, timesteps, search_checkpoint, resume, progress, extra_starts)
 
     cfg_scale = spec.default_cfg_scale if config.cfg_scale is None else config.cfg_scale
     if cfg_scale != 1.0 and not spec.supports_cfg:
@@ -278,7 +298,103 @@ def train_schedule(
         "beta_final": controller.beta,
         "threshold_logit": threshold,
     }
-    schedule = CacheSchedule(final.tolist(), sites, timesteps=timesteps, meta=meta)
-    return TrainResult(
+    final_mask = final.cpu().numpy()
+    if config.max_cache_age is not None:
+        final_mask = limit_cache_age(final_mask, config.max_cache_age, router.logits().detach().cpu().numpy())
+    schedule = CacheSchedule(final_mask.tolist(), sites, timesteps=timesteps, meta=meta)
+    result = TrainResult(
         schedule, config, router.logits().detach().cpu(), lam.detach().cpu(), history, seconds, threshold, resumed
     )
+    if not comm.is_main:
+        return result
+    return _finish(result, spec, config, timesteps, search_checkpoint, resume, progress, extra_starts)
+
+
+def _finish(
+    result: TrainResult,
+    spec: Any,
+    config: TrainConfig,
+    timesteps: list[float],
+    search_checkpoint: str | os.PathLike[str] | None,
+    resume: bool,
+    progress: bool,
+    extra_starts: dict[str, CacheSchedule] | None,
+) -> TrainResult:
+    """The read branches and the refinement search, after training (or FORA / TaylorSeer)."""
+    schedule = result.schedule
+    if config.forecast in ("taylor1", "taylor2") and config.method != "taylorseer":
+        schedule = schedule.with_branches([["compute" if m else config.forecast for m in row] for row in schedule.mask])
+    if config.refine == "search":
+        from .search import refine_schedule
+
+        sites, T = schedule.sites, schedule.num_steps
+        interval = fora_interval_for(T, float(config.target_cur))
+        starts = {config.method: schedule}
+        if config.method != "fora":
+            starts["fora"] = CacheSchedule.fora(sites, T, interval, timesteps)
+        for order in (1, 2):
+            starts[f"taylorseer{order}"] = CacheSchedule.taylorseer(sites, T, interval, order, timesteps)
+        starts.update(extra_starts or {})
+        t0 = time.perf_counter()
+        found = refine_schedule(
+            spec,
+            starts,
+            target_cur=float(config.target_cur),
+            forecast=config.forecast,
+            max_age=config.max_cache_age,
+            evaluations=config.search_evaluations,
+            calibration_num=config.calibration_num,
+            calibration_seed=config.calibration_seed,
+            seed=config.seed,
+            checkpoint=search_checkpoint,
+            resume=resume,
+            progress=progress,
+        )
+        schedule = found.schedule.with_meta(method=config.method, refine="search")
+        result.search = {
+            "start": found.start_name,
+            "start_error": found.start_error,
+            "starts": found.starts,
+            "final_error": found.error,
+            "evaluations": found.evaluations,
+            "accepted": found.accepted,
+            "seconds": round(found.seconds, 2),
+            "calibration": {"seed": config.calibration_seed, "num": config.calibration_num},
+            "history": found.history,
+        }
+        result.train_seconds += time.perf_counter() - t0
+    result.schedule = schedule
+    return result
+
+
+def limit_cache_age(mask: Any, max_age: int, logits: Any) -> Any:
+    """``mask`` with no site cached more than ``max_age`` steps in a row and the same number of
+    cached entries: each too-long run is broken at the entry with the highest router logit, and as
+    many other entries are cached, lowest logit first, where that breaks no run."""
+    import numpy as np
+
+    from ..schedule import max_cache_age
+
+    mask = np.array(mask, dtype=bool)
+    logits = np.asarray(logits, dtype=np.float64)
+    target = int((~mask).sum())
+    steps, sites = mask.shape
+    for k in range(sites):
+        run: list[int] = []
+        for i in range(1, steps):
+            if mask[i, k]:
+                run = []
+                continue
+            run.append(i)
+            if len(run) > max_age:
+                pick = max(run, key=lambda j: logits[j, k])
+                mask[pick, k] = True
+                run = [j for j in run if j > pick]
+    order = sorted((logits[i, k], i, k) for i in range(1, steps) for k in range(sites) if mask[i, k])
+    for _, i, k in order:
+        if int((~mask).sum()) >= target:
+            break
+        mask[i, k] = False
+        if max_cache_age(mask) > max_age:
+            mask[i, k] = True
+    return mask
