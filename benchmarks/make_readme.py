@@ -34,12 +34,30 @@ def section() -> str:
     compare = _load("compare")
     if compare:
         parts.append(
-            "### HarmoniCa, L2C and FORA on tiny-dit-digits\n\n"
+            "### HarmoniCa, HarmoniCa + search, L2C, FORA and TaylorSeer on tiny-dit-digits\n\n"
             f"`{compare['command']}`: {compare['num']} noise seeds per row, quality against full compute from "
             "the same seeds; measured speedups are cached vs full compute in the same run "
             f"({compare['images']} images per run, {compare['repeat']} repeats).\n\n" + _md("compare")
         )
         parts.append("![Pareto plot](benchmarks/results/compare_pareto.png)")
+    spread = _load("spread")
+    if spread:
+        parts.append(
+            "### Spread over training seeds and thread counts\n\n"
+            f"`{spread['command']}`: the "
+            "`harmonica-compile optimize` command itself per training seed and thread count, final MSE on the "
+            "256 evaluation seeds; spread = max / min - 1; times are whole commands (training, search, "
+            "evaluation) run alone.\n\n" + _md("spread")
+        )
+    forecast = _load("bench_forecast")
+    if forecast:
+        parts.append(
+            "### What a forecast branch costs (ONNX Runtime)\n\n"
+            f"`{forecast['command']}`: 20 steps, the FORA(2) mask with reuse, first- and second-order "
+            f"forecast read branches, {forecast['threads']} threads, medians of {forecast['repeat']} "
+            "interleaved runs of one cached step's graph and of the whole loop "
+            f"({forecast['images']} images).\n\n" + _md("bench_forecast")
+        )
     quality = _load("tiny_dit_quality")
     if quality:
         by = quality["evaluation"]["by_cfg_scale"]
