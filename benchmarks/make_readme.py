@@ -77,6 +77,14 @@ def section() -> str:
             "### Export and runtimes\n\n`python benchmarks/export_runtime.py`: 20 steps, CUR 0.5, "
             "ONNX Runtime (CPU) and torch eager with 2 threads, cached vs full compute in the same run.\n\n" + export
         )
+    serve = _load("serve_load")
+    if serve:
+        parts.append(
+            "### Serving under load (Triton Inference Server)\n\n"
+            f"`{serve['command']}`: the real tritonserver (CPU, the nvidia-pytriton wheel) on loopback, one "
+            "model instance, one image per gRPC request from 1, 4 and 16 client threads, against the same "
+            "sampler in process in the same run.\n\n" + _md("serve_load")
+        )
     mlp = _md("mlp_cache")
     if mlp:
         parts.append("### Caching every MLP site (torch eager)\n\n`python benchmarks/bench_mlp_cache.py`\n\n" + mlp)

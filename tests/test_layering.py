@@ -5,11 +5,11 @@ Reads every import statement of ``harmonica_compile/`` (module level and inside 
 
     base (errors, names, io, threads, version) -> models and samplers -> capture -> passes
     -> cacheable / schedule -> step engine (CachedModel) -> specs and integrations
-    -> training | exporters -> runtime -> api / workflows -> CLI
+    -> training | exporters -> runtime -> api / workflows / serving -> CLI
 
 A module may import its own stage or a lower one. Beyond the order, some arrows are forbidden
 outright: passes know no model definitions; training and exporters know nothing of each other;
-runtimes never train.
+runtimes and serving never train.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ STAGES: tuple[tuple[str, int], ...] = (
     ("exporters", 7),
     ("runtime", 8),
     ("api", 9),
+    ("serving", 9),
     ("workflows", 9),
     ("cli", 10),
     ("__main__", 10),
@@ -66,6 +67,7 @@ FORBIDDEN = (
     ("exporters", "runtime"),
     ("exporters", "training"),
     ("runtime", "training"),
+    ("serving", "training"),
     ("runtime", "api"),
     ("training", "exporters"),
     ("training", "runtime"),

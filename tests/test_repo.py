@@ -21,7 +21,7 @@ def test_readme_has_exactly_two_setup_commands():
     assert all("pip install torch==2.13.0" in c for c in commands)
     assert "harmonica-compile" in commands[0]
     assert '".[cpu]"' in commands[0]
-    assert "pytest" in commands[1] and '".[cpu,dev]"' in commands[1]
+    assert "pytest" in commands[1] and '".[cpu,dev,serve]"' in commands[1]
 
 
 def test_ci_runs_the_readme_test_command():

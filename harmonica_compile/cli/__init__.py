@@ -5,6 +5,8 @@
     harmonica-compile sample --model M --num 16 [--schedule DIR | --engine ENG] --out s.npz
     harmonica-compile export DIR --format onnx|tensorrt --out ENG
     harmonica-compile bench ENG --runtime torch|ort|trt
+    harmonica-compile serve-repo ENG --out REPO       a Triton Inference Server model repository
+    harmonica-compile serve ENG|REPO                  the real tritonserver on it, on loopback
     harmonica-compile evaluate samples.npz [--reference full.npz]
     harmonica-compile show [--model M] [--passes] [--schedule S]
 
@@ -20,11 +22,11 @@ import traceback
 from collections.abc import Sequence
 
 from ..errors import HarmonicaError
-from . import bench, demo, evaluate, export, optimize, sample, show
+from . import bench, demo, evaluate, export, optimize, sample, serve, show
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (show, sample, optimize, export, bench, demo, evaluate)
+COMMANDS = (show, sample, optimize, export, bench, serve, demo, evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,11 @@ def register(sub: Any) -> None:
     p.add_argument("--engine", default=None, help="an exported folder (ONNX or TensorRT) to sample with")
     p.add_argument("--runtime", default="auto", choices=["auto", "ort", "trt"], help="runtime for --engine")
     p.add_argument("--providers", default=None, help=PROVIDERS_HELP)
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="class labels, comma-separated, repeated to --num (default: 0, 1, 2, ... balanced over the classes)",
+    )
     p.add_argument("--out", required=True, help="output .npz with images (N x C x H x W in [-1, 1]) and labels")
     p.add_argument("--grid", default=None, help="also write a PNG grid of the samples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -59,6 +64,17 @@ def run(args: argparse.Namespace) -> int:
             source = f"schedule {args.schedule} (CUR {cached.schedule.cur:.2f})"
             denoise = spec.denoiser(cached)
     cfg = spec.default_cfg_scale if args.cfg_scale is None else args.cfg_scale
+    labels = None
+    if args.labels is not None:
+        import torch
+
+        try:
+            given = [int(v) for v in args.labels.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--labels takes integers separated by commas, got {args.labels!r}") from None
+        if not given:
+            raise ConfigError("--labels names no label")
+        labels = torch.tensor([given[i % len(given)] for i in range(args.num)])
     images, labels = generate(
         spec,
         denoise,
@@ -68,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        labels=labels,
     )
     if args.engine:
         source = f"exported {Path(args.engine).name} on {denoise.describe()}"
@@ -78,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         "cfg_scale": cfg,
         "seed": args.seed,
         "num": args.num,
+        "labels": args.labels,
         "schedule": args.schedule,
         "engine": args.engine,
     }

@@ -45,6 +45,18 @@ def fit_batch(denoise: Any, batch_size: int, cfg_scale: float) -> int:
     return min(batch_size, fits)
 
 
+def _check_labels(spec: Any, labels: Any, num: int) -> torch.Tensor:
+    if spec.num_classes is None:
+        raise ConfigError(f"model {spec.name!r} is not class-conditional; it takes no labels")
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if labels.numel() != num:
+        raise ConfigError(f"got {labels.numel()} labels for {num} samples")
+    bad = labels[(labels < 0) | (labels >= spec.num_classes)]
+    if bad.numel():
+        raise ConfigError(f"label {int(bad[0])} is outside [0, {spec.num_classes - 1}] of model {spec.name!r}")
+    return labels
+
+
 def generate(
     spec: Any,
     denoise: Callable[..., torch.Tensor] | None = None,
@@ -58,11 +70,13 @@ def generate(
     progress: bool = False,
     progress_label: str | None = None,
     clamp: bool = True,
+    labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(images, labels)``: ``num`` samples of ``spec`` through ``denoise`` (default: the eager model).
 
     ``images`` is ``[num, C, H, W]`` float32, clamped to [-1, 1] unless ``clamp=False``; with
-    ``progress``, a bar per batch (``progress_label`` names what samples).
+    ``progress``, a bar per batch (``progress_label`` names what samples). ``labels`` (``[num]``
+    class labels) replaces the balanced labels of :func:`sample_set`; the noise stays the seed's.
     """
     steps = spec.default_steps if steps is None else steps
     cfg_scale = spec.default_cfg_scale if cfg_scale is None else float(cfg_scale)
@@ -80,7 +94,8 @@ def generate(
     check = getattr(denoise, "check_sampler", None)
     if callable(check):
         check(sampler)
-    noise, labels = sample_set(spec, num, seed)
+    noise, balanced = sample_set(spec, num, seed)
+    labels = balanced if labels is None else _check_labels(spec, labels, num)
     # conditions for all samples at once, then sliced: the same for every batch split
     if labels is not None:
         all_cond, all_null = spec.conditions(num, labels=labels)
