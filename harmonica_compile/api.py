@@ -41,6 +41,12 @@ def optimize(
     ``schedule`` is a :class:`CacheSchedule` or the path of a saved one. When it is ``None`` a
     schedule is trained first (``method="harmonica"|"l2c"|"fora"``, ``target_cur=...``,
     ``num_steps=...``; see :func:`harmonica_compile.training.train_schedule`).
+
+    A diffusers model (``ModelMixin``) is accelerated in place instead and returned itself, so that
+    ``pipe.transformer = optimize(pipe.transformer, example, schedule=...)`` keeps every pipeline
+    API working, as the ``torch.compile`` form does (see
+    :class:`~harmonica_compile.integrations.diffusers.AcceleratedTransformer`;
+    ``remove_acceleration(transformer)`` undoes it).
     """
     if isinstance(schedule, str):
         schedule = CacheSchedule.load(schedule)
@@ -62,7 +68,18 @@ def optimize(
         raise ConfigError(f"training options {sorted(train_options)} were given with a schedule; pass one or the other")
     if not isinstance(schedule, CacheSchedule):
         raise ScheduleError(f"schedule must be a CacheSchedule or a path, got {type(schedule).__name__}")
-    return CachedModel(cacheable, schedule, check_finite=check_finite)
+    cached = CachedModel(cacheable, schedule, check_finite=check_finite)  # checks sites against the model
+    if _is_diffusers_model(model):
+        from .integrations.diffusers import AcceleratedTransformer
+
+        acceleration = AcceleratedTransformer(model, schedule, site_rules=site_rules)
+        acceleration.seed(example_inputs, cached)
+        return model  # type: ignore[return-value]
+    return cached
+
+
+def _is_diffusers_model(model: Any) -> bool:
+    return any(c.__module__.startswith("diffusers.") and c.__name__ == "ModelMixin" for c in type(model).__mro__)
 
 
 def cached_for_spec(spec: Any, schedule: CacheSchedule | str, *, steps: int | None = None) -> CachedModel:

@@ -292,6 +292,13 @@ def _first_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:400]
 
 
+def _mutates(graph: torch.fx.Graph) -> bool:
+    return any(
+        node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable
+        for node in graph.nodes
+    )
+
+
 def capture(
     model: nn.Module,
     example_inputs: Any,
@@ -355,6 +362,11 @@ def capture(
                 "control flow on tensor values (e.g. `if t[0].item() > 500`), or pass dynamic_batch=False"
             ) from e
 
+    if _mutates(ep.graph):
+        # An in-place op on a value the forward made itself (diffusers' PixArt divides its position
+        # embedding's frequencies in place at sizes other than sample_size): functionalize it, with
+        # no decompositions, so that every graph after capture is functional.
+        ep = ep.run_decompositions({})
     gm = ep.module()
     # ep.module() re-checks the pytree inputs in a pre-hook; flatten_inputs checks them instead.
     gm._forward_pre_hooks.clear()

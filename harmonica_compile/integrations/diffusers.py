@@ -1,12 +1,16 @@
 """diffusers: drop-in acceleration of pipelines, training through diffusers, loading local folders.
 
-- :func:`accelerate(pipe, schedule) <accelerate>` swaps ``pipe.transformer`` for a cached one and
-  can undo it. The swapped module has the same call signature and output object, exposes the
-  attributes pipelines read (``config``, ``dtype``, ``device``), finds the step from the timestep
-  the pipeline passes (each pipeline call is a new sampling run), and is captured on its first
-  call, with exactly the arguments the pipeline uses (``return_dict=False``, attention masks,
-  CFG batches). The scheduler is checked as soon as the pipeline sets its timesteps, so a schedule
-  made for another step count fails before any denoising step runs.
+- :func:`accelerate(pipe, schedule) <accelerate>` installs a schedule on the pipeline's live
+  transformer and can undo it (:class:`AcceleratedTransformer`): the pipeline keeps its own
+  module, so saving, loading, moves and every attribute work as without us. The transformer's
+  forward finds the step from the timestep the pipeline passes (each pipeline call is a new
+  sampling run) and runs graphs captured with exactly the arguments the pipeline uses
+  (``return_dict=False``, attention masks, CFG batches), per input shape, captured again when the
+  model changes. The scheduler is checked as soon as the pipeline sets its timesteps, so a
+  schedule made for another step count fails before any denoising step runs.
+  ``hc.optimize(transformer, example, schedule=...)`` of a diffusers model installs the same way
+  and returns the transformer, so ``pipe.transformer = hc.optimize(pipe.transformer, ...)`` works
+  like the ``torch.compile`` form.
 - :func:`spec_from_module` describes a diffusers transformer for router training: class labels
   for ``DiTTransformer2DModel``, prompt embeddings (computed once, reused) for PixArt.
 - :func:`spec_from_folder` loads a local diffusers folder (a pipeline or a transformer) with
@@ -15,7 +19,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,80 +33,242 @@ from torch import nn
 from ..errors import ConfigError, InputError, ScheduleError
 from ..schedule import CacheSchedule, same_timestep
 
-__all__ = ["AcceleratedTransformer", "accelerate", "spec_from_folder", "spec_from_module", "text_conditions"]
+__all__ = [
+    "SCHEDULE_FILE",
+    "AcceleratedTransformer",
+    "accelerate",
+    "install",
+    "remove_acceleration",
+    "spec_from_folder",
+    "spec_from_module",
+    "text_conditions",
+]
 
 
-class AcceleratedTransformer(nn.Module):
-    """A drop-in replacement of a pipeline's transformer that runs a cache schedule."""
+#: The schedule's file name inside a saved transformer folder (``save_pretrained`` writes it).
+SCHEDULE_FILE = "harmonica_schedule.json"
+#: Input shapes kept captured per model state (like a compiler's recompilation cache).
+MAX_SHAPES = 4
+_ATTR = "_harmonica_acceleration"
 
-    def __init__(self, transformer: nn.Module, schedule: CacheSchedule, *, site_rules: Any = None):
-        super().__init__()
+log = logging.getLogger("harmonica_compile")
+
+
+def _model_state(module: nn.Module) -> tuple[Any, ...]:
+    """What a capture depends on in the live model: every parameter and buffer (identity, dtype,
+    device, in-place version) and the attention processors (``set_attn_processor``,
+    ``fuse_qkv_projections`` and LoRA all change one of them)."""
+    tensors = tuple(
+        (name, id(t), t.dtype, t.device, t._version)
+        for name, t in (*module.named_parameters(), *module.named_buffers())
+    )
+    processors = tuple(
+        (name, type(m.processor).__name__, id(m.processor))
+        for name, m in module.named_modules()
+        if getattr(m, "processor", None) is not None
+    )
+    return tensors, processors
+
+
+def _what_changed(old: tuple[Any, ...], new: tuple[Any, ...]) -> str:
+    if old[1] != new[1]:
+        return "its attention processors changed"
+    before = {n: (d, dev) for n, _i, d, dev, _v in old[0]}
+    after = {n: (d, dev) for n, _i, d, dev, _v in new[0]}
+    if before.keys() != after.keys():
+        return f"its parameters changed ({len(before)} -> {len(after)} tensors: modules added or fused)"
+    moved = {after[n] for n in after if after[n] != before[n]}
+    if moved:
+        return "it moved to " + ", ".join(f"{d} on {dev}" for d, dev in sorted(moved, key=str))
+    return "its parameters were edited or replaced"
+
+
+def _shapes_text(key: Any) -> str:
+    """The tensor inputs' shapes of an input key, batch left out: ``[4x16x16, 16x12, -, -]``."""
+    parts = ["x".join(str(d) for d in e[0]) or "scalar" for e in key[1] if isinstance(e, tuple) and len(e) == 3]
+    return "[" + ", ".join(parts) + "] per sample"
+
+
+class AcceleratedTransformer:
+    """A cache schedule installed on a live diffusers transformer.
+
+    The transformer stays the pipeline's own module (so ``save_pretrained``, ``from_pretrained``,
+    ``.to()``, ``config``, ``dtype``, ``device`` and every other pipeline API see the real model);
+    its ``forward`` runs the schedule over graphs captured from it on first use, one set per input
+    shape (at most :data:`MAX_SHAPES`, least recently used dropped), and captured again whenever the
+    model changes (a move to another dtype or device, new attention processors, fused projections,
+    LoRA or parameter edits), with a log line naming the change. ``save_pretrained`` of the
+    transformer also writes the schedule beside its weights (:data:`SCHEDULE_FILE`).
+    """
+
+    def __init__(
+        self, transformer: nn.Module, schedule: CacheSchedule, *, site_rules: Any = None, max_shapes: int = MAX_SHAPES
+    ):
         if schedule.timesteps is None:
             raise ScheduleError(
                 "a schedule for a pipeline must carry its timesteps (the step is found from the timestep the "
                 "pipeline passes); train it with the pipeline's scheduler or use schedule.with_timesteps(...)"
             )
-        object.__setattr__(self, "original", transformer)  # not a submodule: its weights are not ours
+        if getattr(transformer, _ATTR, None) is not None:
+            raise ConfigError(
+                f"this {type(transformer).__name__} is already accelerated; call undo() (or remove_acceleration) first"
+            )
+        self.transformer = transformer
         self.schedule = schedule
         self.site_rules = site_rules
-        self.cached: Any = None
-        self._structure: Any = None
+        self.max_shapes = max_shapes
+        self._captures: OrderedDict[Any, Any] = OrderedDict()
+        self._state: tuple[Any, ...] | None = None
+        #: Captures made so far (each one a torch.export of the transformer and its passes).
+        self.captures = 0
+        object.__setattr__(transformer, _ATTR, self)
+        object.__setattr__(transformer, "forward", self.forward)
+        object.__setattr__(transformer, "save_pretrained", self.save_pretrained)
 
-    # the attributes pipelines read from their transformer
-    @property
-    def config(self) -> Any:
-        return self.original.config
+    # ------------------------------------------------------------------ capture
+    _HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs")
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.original.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.original.device
-
-    def __getattr__(self, name: str) -> Any:
+    @contextlib.contextmanager
+    def _bare(self) -> Any:
+        """The transformer with its own forward and without the hooks on it, for torch.export to
+        trace: hooks registered on the transformer run around the accelerated call, not inside it."""
+        module = self.transformer
+        saved = module.__dict__.pop("forward")
+        hooks = {name: getattr(module, name).copy() for name in self._HOOKS}
+        for name in self._HOOKS:
+            getattr(module, name).clear()
         try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "original"), name)
+            yield module
+        finally:
+            object.__setattr__(module, "forward", saved)
+            for name, value in hooks.items():
+                getattr(module, name).update(value)
 
-    def _ensure(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    @staticmethod
+    def _input_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         import torch.utils._pytree as pytree
 
+        leaves, spec = pytree.tree_flatten((args, kwargs))
+        shapes = tuple(
+            (tuple(x.shape[1:]) if x.ndim else (), x.dtype, x.device) if isinstance(x, torch.Tensor) else x
+            for x in leaves
+        )
+        return str(spec), shapes
+
+    def _cached(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         from ..cacheable import prepare
         from ..cached_model import CachedModel
 
-        leaves, spec = pytree.tree_flatten((args, kwargs))
-        key = (str(spec), tuple(x if not isinstance(x, torch.Tensor) else None for x in leaves))
-        if self.cached is not None and key == self._structure:
-            return
-        cm = prepare(self.original, (args, kwargs), site_rules=self.site_rules)
-        self.cached = CachedModel(cm, self.schedule)
-        self._structure = key
+        state = _model_state(self.transformer)
+        if state != self._state:
+            if self._state is not None and self._captures:
+                log.info("harmonica-compile: %s since capture; capturing again", _what_changed(self._state, state))
+            self._captures.clear()
+            self._state = state
+        key = self._input_key(args, kwargs)
+        cached = self._captures.get(key)
+        if cached is not None:
+            self._captures.move_to_end(key)
+            return cached
+        if self._captures:
+            log.info("harmonica-compile: new input shapes %s; capturing graphs for them", _shapes_text(key))
+        with self._bare() as module:
+            cached = CachedModel(prepare(module, (args, kwargs), site_rules=self.site_rules), self.schedule)
+        self.captures += 1
+        self._captures[key] = cached
+        while len(self._captures) > self.max_shapes:
+            dropped, _ = self._captures.popitem(last=False)
+            log.info(
+                "harmonica-compile: keeping %d input shapes; dropped the graphs for %s",
+                self.max_shapes,
+                _shapes_text(dropped),
+            )
+        return cached
+
+    def seed(self, example_inputs: Any, cached: Any) -> None:
+        """Keep ``cached`` (captured by ``optimize`` from ``example_inputs``) as the first capture."""
+        if isinstance(example_inputs, dict):
+            args, kwargs = (), example_inputs
+        elif (
+            isinstance(example_inputs, tuple)
+            and len(example_inputs) == 2
+            and isinstance(example_inputs[0], tuple)
+            and isinstance(example_inputs[1], dict)
+        ):
+            args, kwargs = example_inputs
+        else:
+            args, kwargs = tuple(example_inputs), {}
+        self._state = _model_state(self.transformer)
+        self._captures[self._input_key(args, kwargs)] = cached
+        self.captures += 1
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        self._ensure(args, kwargs)
-        return self.cached(*args, **kwargs)
+        return self._cached(args, kwargs)(*args, **kwargs)
 
     def reset(self) -> None:
-        if self.cached is not None:
-            self.cached.reset()
+        """Start a new sampling run in every captured shape."""
+        for cached in self._captures.values():
+            cached.reset()
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Any:
+        """The transformer's own ``save_pretrained``, then the schedule beside its weights."""
+        result = type(self.transformer).save_pretrained(self.transformer, save_directory, *args, **kwargs)
+        self.schedule.save(Path(save_directory) / SCHEDULE_FILE)
+        return result
+
+    def remove(self) -> None:
+        """Give the transformer back its own forward and save_pretrained; drop the captured graphs."""
+        for name in ("forward", "save_pretrained", _ATTR):
+            self.transformer.__dict__.pop(name, None)
+        self._captures.clear()
+
+
+def install(transformer: nn.Module, schedule: CacheSchedule | str, *, site_rules: Any = None) -> AcceleratedTransformer:
+    """Install ``schedule`` on a live diffusers transformer (see :class:`AcceleratedTransformer`)."""
+    return AcceleratedTransformer(transformer, _load_schedule(schedule, None), site_rules=site_rules)
+
+
+def remove_acceleration(transformer: nn.Module) -> None:
+    """Undo :func:`install` (or ``hc.optimize`` of a diffusers model); a no-op on a plain model."""
+    acc = getattr(transformer, _ATTR, None)
+    if acc is not None:
+        acc.remove()
+
+
+def _load_schedule(schedule: CacheSchedule | str | os.PathLike[str] | None, pipe: Any) -> CacheSchedule:
+    if isinstance(schedule, CacheSchedule):
+        return schedule
+    if schedule is None:
+        root = getattr(pipe, "name_or_path", None) or getattr(getattr(pipe, "config", None), "_name_or_path", None)
+        path = Path(str(root)) / "transformer" / SCHEDULE_FILE if root else None
+        if path is None or not path.is_file():
+            raise ConfigError(
+                f"no schedule given and none saved with this pipeline ({path or 'it was not loaded from a folder'}); "
+                "pass accelerate(pipe, schedule)"
+            )
+        return CacheSchedule.load(path)
+    path = Path(schedule)
+    if path.is_dir():
+        path = next((p for p in (path / SCHEDULE_FILE, path / "schedule.json") if p.is_file()), path / SCHEDULE_FILE)
+    return CacheSchedule.load(path)
 
 
 class _Handle:
     """What :func:`accelerate` returns: ``undo()`` restores the pipeline (also as a context manager)."""
 
-    def __init__(self, pipe: Any, transformer: nn.Module, set_timesteps: Any, module: AcceleratedTransformer):
+    def __init__(self, pipe: Any, acceleration: AcceleratedTransformer, set_timesteps: Any):
         self.pipe = pipe
-        self.original = transformer
+        self.acceleration = acceleration
+        self.original = acceleration.transformer
         self._set_timesteps = set_timesteps
-        self.module = module
+
+    @property
+    def module(self) -> AcceleratedTransformer:
+        return self.acceleration
 
     def undo(self) -> None:
-        self.pipe.transformer = self.original
-        if self._set_timesteps is not None:
-            self.pipe.scheduler.set_timesteps = self._set_timesteps
+        self.acceleration.remove()
+        self.pipe.scheduler.__dict__.pop("set_timesteps", None)
 
     def __enter__(self) -> _Handle:
         return self
@@ -108,19 +277,26 @@ class _Handle:
         self.undo()
 
 
-def accelerate(pipe: Any, schedule: CacheSchedule | str, *, site_rules: Any = None) -> _Handle:
-    """Swap ``pipe.transformer`` for an :class:`AcceleratedTransformer` running ``schedule``."""
-    if isinstance(schedule, str):
-        schedule = CacheSchedule.load(schedule)
+def accelerate(
+    pipe: Any, schedule: CacheSchedule | str | os.PathLike[str] | None = None, *, site_rules: Any = None
+) -> _Handle:
+    """Run ``schedule`` in ``pipe``'s transformer, in place; ``undo()`` on the result removes it.
+
+    ``schedule`` is a :class:`CacheSchedule`, a schedule file or folder, or ``None`` for the one a
+    saved accelerated pipeline wrote beside its transformer (``transformer/harmonica_schedule.json``
+    of the folder ``from_pretrained`` read). The scheduler is checked as soon as the pipeline sets
+    its timesteps, so a schedule for another step count or scheduler fails before any step runs.
+    """
+    schedule = _load_schedule(schedule, pipe)
     transformer = getattr(pipe, "transformer", None)
     if not isinstance(transformer, nn.Module):
         raise ConfigError(f"{type(pipe).__name__} has no transformer module to accelerate")
-    if isinstance(transformer, AcceleratedTransformer):
+    if getattr(transformer, _ATTR, None) is not None:
         raise ConfigError("this pipeline is already accelerated; call undo() on the first handle")
-    module = AcceleratedTransformer(transformer, schedule, site_rules=site_rules)
     scheduler = pipe.scheduler
     original = scheduler.set_timesteps
     expected = list(schedule.timesteps or ())
+    acceleration = AcceleratedTransformer(transformer, schedule, site_rules=site_rules)
 
     def set_timesteps(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)
@@ -136,12 +312,11 @@ def accelerate(pipe: Any, schedule: CacheSchedule | str, *, site_rules: Any = No
                 f"the pipeline's scheduler uses timesteps {got[:4]}..., the schedule was made for {expected[:4]}...; "
                 "train the schedule with this scheduler"
             )
-        module.reset()
+        acceleration.reset()
         return result
 
-    scheduler.set_timesteps = set_timesteps
-    pipe.transformer = module
-    return _Handle(pipe, transformer, original, module)
+    object.__setattr__(scheduler, "set_timesteps", set_timesteps)
+    return _Handle(pipe, acceleration, original)
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -154,9 +154,11 @@ def test_accelerated_dit_pipeline_equals_forward_hooks():
         _run_dit(pipe, [1, 2, 3])
         _run_dit(pipe, [4], seed=1)  # two consecutive calls
     atols = _assert_same_calls(ref, got, tiny_roundings("diffusers-dit"), steps=4)
-    _assert_caching_matters(handle.original, ref, atols)  # the schedule really caches
+    assert pipe.transformer is handle.original  # accelerated in place: the pipeline keeps its module
     handle.undo()
+    _assert_caching_matters(handle.original, ref, atols)  # the schedule really caches
     assert isinstance(pipe.transformer, diffusers.DiTTransformer2DModel)
+    assert "forward" not in vars(pipe.transformer) and "set_timesteps" not in vars(pipe.scheduler)
     # exact: the restored pipeline runs the same ops on the same inputs in this process as `full`
     np.testing.assert_array_equal(_run_dit(pipe, [1, 2, 3]), full)
 
