@@ -85,6 +85,15 @@ def section() -> str:
             "model instance, one image per gRPC request from 1, 4 and 16 client threads, against the same "
             "sampler in process in the same run.\n\n" + _md("serve_load")
         )
+    suite = _load("diffusers_suite")
+    if suite:
+        parts.append(
+            "### diffusers' own pipeline tests, accelerated\n\n"
+            f"`{suite['command']}`: the fast tests of DiTPipeline, PixArtAlphaPipeline and PixArtSigmaPipeline "
+            "from a diffusers checkout, plain and with every pipeline call accelerated (full compute); both runs "
+            "build the tiny T5 the PixArt tests would download locally (random weights), so the tests comparing "
+            "pixel slices with the hub model's fail in both.\n\n" + _md("diffusers_suite")
+        )
     mlp = _md("mlp_cache")
     if mlp:
         parts.append("### Caching every MLP site (torch eager)\n\n`python benchmarks/bench_mlp_cache.py`\n\n" + mlp)

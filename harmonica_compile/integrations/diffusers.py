@@ -83,6 +83,33 @@ def _what_changed(old: tuple[Any, ...], new: tuple[Any, ...]) -> str:
     return "its parameters were edited or replaced"
 
 
+@contextlib.contextmanager
+def _layerwise_casting_off(module: nn.Module) -> Any:
+    """diffusers' layerwise casting (``enable_layerwise_casting``) casts each layer's weights to the
+    compute dtype in a hook around its forward, which torch.export cannot trace. For a capture the
+    hooked layers are cast to the compute dtype once and the hooks do nothing; afterwards the layers
+    go back to the storage dtype. The graphs keep their weights in the compute dtype (the cast is
+    the one the hook makes, so the values are the same), so fp8 storage saves no memory while
+    accelerated."""
+    hooked = []
+    for sub in module.modules():
+        registry = getattr(sub, "_diffusers_hook", None)
+        hook = registry.get_hook("layerwise_casting") if registry is not None else None
+        if hook is not None and getattr(hook, "fn_ref", None) is not None:
+            hooked.append((sub, hook, hook.fn_ref.pre_forward, hook.fn_ref.post_forward))
+    try:
+        for sub, hook, _pre, _post in hooked:
+            # the registry calls these references around the layer's forward
+            hook.fn_ref.pre_forward = lambda m, *args, **kwargs: (args, kwargs)
+            hook.fn_ref.post_forward = lambda m, output: output
+            sub.to(dtype=hook.compute_dtype)
+        yield
+    finally:
+        for sub, hook, pre, post in hooked:
+            hook.fn_ref.pre_forward, hook.fn_ref.post_forward = pre, post
+            sub.to(dtype=hook.storage_dtype)
+
+
 def _shapes_text(key: Any) -> str:
     """The tensor inputs' shapes of an input key, batch left out: ``[4x16x16, 16x12, -, -]``."""
     parts = ["x".join(str(d) for d in e[0]) or "scalar" for e in key[1] if isinstance(e, tuple) and len(e) == 3]
@@ -138,7 +165,8 @@ class AcceleratedTransformer:
         for name in self._HOOKS:
             getattr(module, name).clear()
         try:
-            yield module
+            with _layerwise_casting_off(module):
+                yield module
         finally:
             object.__setattr__(module, "forward", saved)
             for name, value in hooks.items():
@@ -156,9 +184,6 @@ class AcceleratedTransformer:
         return str(spec), shapes
 
     def _cached(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        from ..cacheable import prepare
-        from ..cached_model import CachedModel
-
         state = _model_state(self.transformer)
         if state != self._state:
             if self._state is not None and self._captures:
@@ -172,8 +197,8 @@ class AcceleratedTransformer:
             return cached
         if self._captures:
             log.info("harmonica-compile: new input shapes %s; capturing graphs for them", _shapes_text(key))
-        with self._bare() as module:
-            cached = CachedModel(prepare(module, (args, kwargs), site_rules=self.site_rules), self.schedule)
+        cached = self._capture(args, kwargs)
+        self._state = _model_state(self.transformer)  # capture casts layerwise-cast layers and back
         self.captures += 1
         self._captures[key] = cached
         while len(self._captures) > self.max_shapes:
@@ -184,6 +209,14 @@ class AcceleratedTransformer:
                 _shapes_text(dropped),
             )
         return cached
+
+    def _capture(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A CachedModel of the schedule over graphs captured with these inputs."""
+        from ..cacheable import prepare
+        from ..cached_model import CachedModel
+
+        with self._bare() as module:
+            return CachedModel(prepare(module, (args, kwargs), site_rules=self.site_rules), self.schedule)
 
     def seed(self, example_inputs: Any, cached: Any) -> None:
         """Keep ``cached`` (captured by ``optimize`` from ``example_inputs``) as the first capture."""

@@ -58,7 +58,7 @@ def dit():
 
 @pytest.mark.parametrize("form", ["accelerate", "optimize"])
 def test_save_and_load_round_trip(dit, tmp_path, form):
-    pipe, full, caching = dit
+    pipe, _, caching = dit
     plain = _run_dit(pipe, [1, 2])
     config = _components(pipe)
     if form == "accelerate":
@@ -181,3 +181,34 @@ def test_captured_shapes_are_bounded(dit, caplog):
         _run_pixart(pipe, 8, 8)
         assert handle.acceleration.captures == 3
         assert "keeping 1 input shapes; dropped the graphs for [4x8x8" in caplog.text
+
+
+def test_schedule_for_another_model_fails_at_the_first_call_before_any_step(dit):
+    """Site names of another model: refused when the graphs are captured, before step 0 computes."""
+    pipe, full, _ = dit
+    other = hc.CacheSchedule(full.mask, [f"blocks.{i}.other" for i in range(len(full.sites))], full.timesteps)
+    steps = []
+    step = pipe.scheduler.step
+    with accelerate(pipe, other):
+        pipe.scheduler.step = lambda *a, **k: steps.append(1) or step(*a, **k)
+        try:
+            with pytest.raises(ScheduleError) as info:
+                _run_dit(pipe, [1])
+        finally:
+            del pipe.scheduler.step
+    assert steps == [] and "\n" not in str(info.value)
+
+
+def test_layerwise_casting():
+    """``enable_layerwise_casting`` (fp8 storage, fp32 compute): captured with the layers cast to the
+    compute dtype once, the cast the hooks make at every call, so the images are the same (exact);
+    the model keeps its fp8 storage and is not captured again at the next call."""
+    pipe = _pixart_pipe()
+    full = _full(pipe, _sites(pipe.transformer, PIXART_INPUTS))
+    pipe.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+    plain = [_run_pixart(pipe, seed=s) for s in (0, 1)]
+    with accelerate(pipe, full) as handle:
+        for s in (0, 1):
+            np.testing.assert_array_equal(_run_pixart(pipe, seed=s), plain[s])
+        assert handle.acceleration.captures == 1
+        assert pipe.transformer.transformer_blocks[0].ff.net[2].weight.dtype == torch.float8_e4m3fn
