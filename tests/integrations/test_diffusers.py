@@ -222,14 +222,14 @@ def _pixart_pipe(seed=0, kind="alpha"):
     )
 
 
-def _run_pixart(pipe, prompts, steps=4, seed=0, n=1):
+def _run_pixart(pipe, prompts, steps=4, seed=0, n=1, height=8, width=8):
     return pipe(
         prompts,
         num_inference_steps=steps,
         guidance_scale=4.5,
         num_images_per_prompt=n,
-        height=8,
-        width=8,
+        height=height,
+        width=width,
         generator=torch.Generator().manual_seed(seed),
         output_type="np",
         clean_caption=False,
