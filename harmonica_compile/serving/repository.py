@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ArtifactError, ConfigError
+from ..errors import ConfigError
 from ..exporters.manifest import MANIFEST_NAME, Manifest, load_manifest
 from ..io import atomic_dir, atomic_write_json, sha256_file
 from .service import INPUTS, OUTPUT, SamplerService
@@ -331,12 +331,3 @@ def build_repository(
                 (tmp / "config.pbtxt").write_text(graph_config(gname, manifest, graph))
             models.append(gname)
     return RepositoryFacts(out, tuple(models), layout, max_images, instances, written)
-
-
-def check_repository_model(folder: str | os.PathLike[str]) -> Path:
-    """The engine folder of a sampler model folder (``REPO/<name>``), or an ArtifactError naming what is missing."""
-    folder = Path(folder)
-    for needed in ("config.pbtxt", "1/model.py", f"1/{ENGINE_DIR}/{MANIFEST_NAME}"):
-        if not (folder / needed).is_file():
-            raise ArtifactError(f"{folder / needed} is missing; build the model with harmonica-compile serve-repo")
-    return folder / "1" / ENGINE_DIR
