@@ -34,13 +34,15 @@ def optimize(
     schedule: CacheSchedule | str | None = None,
     site_rules: Sequence[SiteRule] | None = None,
     check_finite: bool = False,
+    compile: bool = False,
     **train_options: Any,
 ) -> CachedModel:
     """A :class:`CachedModel` running ``schedule`` over ``model``.
 
     ``schedule`` is a :class:`CacheSchedule` or the path of a saved one. When it is ``None`` a
     schedule is trained first (``method="harmonica"|"l2c"|"fora"``, ``target_cur=...``,
-    ``num_steps=...``; see :func:`harmonica_compile.training.train_schedule`).
+    ``num_steps=...``; see :func:`harmonica_compile.training.train_schedule`). ``compile=True`` runs
+    the step graphs through ``torch.compile`` (see :mod:`harmonica_compile.compiling`).
 
     A diffusers model (``ModelMixin``) is accelerated in place instead and returned itself, so that
     ``pipe.transformer = optimize(pipe.transformer, example, schedule=...)`` keeps every pipeline
@@ -68,11 +70,11 @@ def optimize(
         raise ConfigError(f"training options {sorted(train_options)} were given with a schedule; pass one or the other")
     if not isinstance(schedule, CacheSchedule):
         raise ScheduleError(f"schedule must be a CacheSchedule or a path, got {type(schedule).__name__}")
-    cached = CachedModel(cacheable, schedule, check_finite=check_finite)  # checks sites against the model
+    cached = CachedModel(cacheable, schedule, check_finite=check_finite, compile=compile)  # checks sites
     if _is_diffusers_model(model):
         from .integrations.diffusers import AcceleratedTransformer
 
-        acceleration = AcceleratedTransformer(model, schedule, site_rules=site_rules)
+        acceleration = AcceleratedTransformer(model, schedule, site_rules=site_rules, compile=compile)
         acceleration.seed(example_inputs, cached)
         return model  # type: ignore[return-value]
     return cached

@@ -7,6 +7,10 @@ the timestep passed in (an unknown timestep is an error, and the first timestep 
 That state machine is the :class:`~harmonica_compile.engine.StepEngine` every runtime shares
 (``cached.engine``; observers subscribe with ``cached.engine.add_hook``).
 
+``compile=True`` runs every step graph through ``torch.compile`` (see
+:mod:`harmonica_compile.compiling`): ``warmup()`` compiles them all up front, ``compile_seconds``
+and ``compile_report()`` say what it cost and where it fell back.
+
 Example:
     >>> import torch
     >>> from harmonica_compile import CacheSchedule, optimize
@@ -30,6 +34,7 @@ import torch
 from torch import fx, nn
 
 from .cacheable import CacheableModel, count_flops
+from .compiling import StepCompiler
 from .engine import GraphIO, StepEngine
 from .errors import NumericalError, ScheduleError
 from .names import FORECAST_WEIGHTS, INPUT_NAMES, KINDS, OUTPUT_NAMES
@@ -48,6 +53,8 @@ class CachedModel(nn.Module):
         schedule: CacheSchedule,
         *,
         check_finite: bool = False,
+        compile: bool = False,
+        compile_mode: str | None = None,
     ):
         super().__init__()
         schedule.check_sites(cacheable.site_names, what=f"the model ({cacheable.captured.model_class})")
@@ -85,6 +92,8 @@ class CachedModel(nn.Module):
         #: The run's state: step from timestep, the cache and its refresh rule (shared by every runtime).
         self.engine = StepEngine(io, groups, timesteps, history=schedule.history_depth, step_inputs=step_inputs)
         self._flops: dict[int, int] = {}
+        #: ``torch.compile`` of the step graphs when ``compile=True`` (see :mod:`harmonica_compile.compiling`).
+        self.compiler = StepCompiler(compile_mode) if compile or compile_mode is not None else None
 
     # ------------------------------------------------------------------ facts
     @property
@@ -161,8 +170,44 @@ class CachedModel(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"model={self.cacheable.captured.model_class}, steps={self.num_steps}, sites={len(self.sites)}, "
-            f"graphs={self.num_graphs}, cur={self.schedule.cur:.3f}"
+            f"graphs={self.num_graphs}, cur={self.schedule.cur:.3f}" + (", compiled" if self.compiler else "")
         )
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling so far (0 when not compiled); run time excludes them."""
+        return self.compiler.seconds if self.compiler is not None else 0.0
+
+    def compile_report(self) -> list[dict[str, Any]]:
+        """Per compiled graph and device: seconds, recompiles, cache hits, graph breaks, fallback."""
+        return self.compiler.report() if self.compiler is not None else []
+
+    def warmup(self, example_inputs: Any = None) -> dict[int, float]:
+        """Compile every step graph now (when compiled) by running each once on ``example_inputs``
+        (default: the capture's) with a zero cache; returns the compile seconds per graph. The
+        run's state is left as it was."""
+        if self.compiler is None:
+            return {}
+        captured = self.cacheable.captured
+        if example_inputs is None:
+            flat = list(captured.example_inputs)
+        elif isinstance(example_inputs, dict):
+            flat = captured.flatten_inputs((), example_inputs)
+        else:
+            flat = captured.flatten_inputs(tuple(example_inputs), {})
+        before = {g: self._graph_seconds(g) for g in range(self.num_graphs)}
+        first = {g: step for step, g in reversed(list(enumerate(self.engine.step_graph)))}
+        with torch.no_grad():
+            for g, gm in enumerate(self.graphs):
+                inputs = self.cacheable.step_inputs(gm, flat)  # type: ignore[arg-type]
+                if gm.meta[INPUT_NAMES][-1] == FORECAST_WEIGHTS:  # the dtype real steps feed (no recompile)
+                    inputs[-1] = self.engine.step_inputs[first[g]][FORECAST_WEIGHTS]  # type: ignore[index]
+                self.compiler.run(g, gm, [t.to(flat[0].device) for t in inputs])
+        return {g: self._graph_seconds(g) - before[g] for g in range(self.num_graphs)}
+
+    def _graph_seconds(self, graph: int) -> float:
+        assert self.compiler is not None
+        return sum(r.seconds for (g, _), r in self.compiler.records.items() if g == graph)
 
     # ------------------------------------------------------------------ running
     def reset(self) -> None:
@@ -183,7 +228,10 @@ class CachedModel(nn.Module):
         gm = self.graphs[graph]
         if cache_in and gm.meta[INPUT_NAMES][-1] == FORECAST_WEIGHTS:  # the schedule's weights, on the inputs' device
             cache_in = [*cache_in[:-1], cache_in[-1].to(flat[0].device)]
-        outs = list(gm(*flat, *cache_in))
+        if self.compiler is not None:
+            outs = self.compiler.run(graph, gm, [*flat, *cache_in])
+        else:
+            outs = list(gm(*flat, *cache_in))
         if self.check_finite:
             names = gm.meta[INPUT_NAMES][self._num_model_inputs :]
             out_names = gm.meta[OUTPUT_NAMES][self._num_model_outputs :]

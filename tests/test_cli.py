@@ -141,3 +141,25 @@ def test_long_work_shows_progress(fora_dir, tmp_path, capsys):
     assert "parity gate" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "e"), "--images", "2", "--repeat", "2"]) == 0
     assert "bench ort" in capsys.readouterr().err
+
+
+def test_sample_compile_matches_eager_and_reports_the_compile(fora_dir, tmp_path, capsys):
+    """``sample --compile`` runs the same schedule through torch.compile'd step graphs, with the
+    compile reported. The rounding-level parity of compiled and eager is test_compiling's (teacher
+    forced, bound derived there); here the sampler's own amplification of those differences is not
+    bounded, so this checks the images at 1e-3 (of a [-1, 1] range) only against a different
+    function: full compute differs from the schedule's images by far more, which the test checks so
+    that it can fail."""
+    base = ["sample", "--model", "helpers:tiny_spec", "--num", "2", "--steps", "4", "--quiet"]
+    base += ["--schedule", str(fora_dir)]
+    assert main([*base, "--out", str(tmp_path / "eager.npz")]) == 0
+    assert main([*base, "--compile", "--out", str(tmp_path / "compiled.npz")]) == 0
+    err = capsys.readouterr().err
+    assert "compiled 2 step graphs in" in err, err
+    eager, compiled = np.load(tmp_path / "eager.npz"), np.load(tmp_path / "compiled.npz")
+    assert np.abs(eager["images"] - compiled["images"]).max() <= 1e-3
+    full = ["sample", "--model", "helpers:tiny_spec", "--num", "2", "--steps", "4", "--quiet"]
+    assert main([*full, "--out", str(tmp_path / "full.npz")]) == 0
+    assert np.abs(np.load(tmp_path / "full.npz")["images"] - eager["images"]).max() > 1e-2
+    assert main([*base, "--compile", "--engine", str(fora_dir), "--out", str(tmp_path / "x.npz")]) == 2
+    assert "--compile compiles the torch step graphs" in capsys.readouterr().err

@@ -4,7 +4,7 @@ Reads every import statement of ``harmonica_compile/`` (module level and inside 
 ``ast`` and checks them against the stages in order:
 
     base (errors, names, io, threads, version) -> models and samplers -> capture -> passes
-    -> cacheable / schedule -> step engine (CachedModel) -> specs and integrations
+    -> cacheable / schedule -> step engine (CachedModel, compiling) -> specs and integrations
     -> training | exporters -> runtime -> api / workflows / serving -> CLI
 
 A module may import its own stage or a lower one. Beyond the order, some arrows are forbidden
@@ -41,6 +41,7 @@ STAGES: tuple[tuple[str, int], ...] = (
     ("plots", 4),
     ("reference", 4),
     ("engine", 5),
+    ("compiling", 5),
     ("cached_model", 5),
     ("models.spec", 6),
     ("models.registry", 6),

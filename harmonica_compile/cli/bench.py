@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import PROVIDERS_HELP, add_threads_arg, finite_float, positive_int, provider_list, set_threads
+from .common import (
+    COMPILE_HELP,
+    PROVIDERS_HELP,
+    add_threads_arg,
+    finite_float,
+    positive_int,
+    provider_list,
+    set_threads,
+)
 
 
 def register(sub: Any) -> None:
@@ -20,6 +28,9 @@ def register(sub: Any) -> None:
     p.add_argument("--out", default=None, help="result file (default ENG/bench-<runtime>.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--cfg-scale", type=finite_float, default=None)
+    p.add_argument(
+        "--compile", action="store_true", help=COMPILE_HELP + " (--runtime torch; compile time reported apart)"
+    )
     add_threads_arg(p)
     p.set_defaults(func=run)
 
@@ -40,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         out=args.out,
         progress=not args.quiet,
+        compile=args.compile,
     )
     print(format_bench(result))
     print(f"wrote {result['file']}")

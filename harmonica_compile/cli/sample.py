@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .common import DEFAULT_MODEL, PROVIDERS_HELP, add_sampling_args, positive_int, provider_list, set_threads
+from .common import (
+    COMPILE_HELP,
+    DEFAULT_MODEL,
+    PROVIDERS_HELP,
+    add_sampling_args,
+    compile_and_report,
+    positive_int,
+    provider_list,
+    set_threads,
+)
 
 
 def register(sub: Any) -> None:
@@ -27,6 +36,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--out", required=True, help="output .npz with images (N x C x H x W in [-1, 1]) and labels")
     p.add_argument("--grid", default=None, help="also write a PNG grid of the samples")
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP + " (torch only: not with --engine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -37,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from ..sampling import generate, save_samples
 
     threads = set_threads(args)
+    if args.compile and args.engine:
+        raise ConfigError("--compile compiles the torch step graphs; an --engine runs in ONNX Runtime or TensorRT")
     if args.engine:
         from ..runtime import open_engine
 
@@ -57,11 +69,25 @@ def run(args: argparse.Namespace) -> int:
         spec = load_model(args.model or DEFAULT_MODEL)
         steps = spec.default_steps if args.steps is None else args.steps
         denoise, source = None, "full compute"
-        if args.schedule is not None:
+        if args.schedule is not None or args.compile:
+            from ..schedule import CacheSchedule
             from ..workflows import schedule_file
 
-            cached = spec.cached(str(schedule_file(args.schedule)), steps=steps)
-            source = f"schedule {args.schedule} (CUR {cached.schedule.cur:.2f})"
+            if args.schedule is not None:
+                schedule: Any = str(schedule_file(args.schedule))
+            else:  # full compute, compiled: the all-compute schedule is one graph
+                sites = spec.cacheable().site_names
+                schedule = CacheSchedule.all_compute(sites, steps, [float(t) for t in spec.sampler(steps).timesteps])
+            cached = spec.cached(schedule, steps=steps, compile=args.compile)
+            if args.schedule is not None:
+                source = f"schedule {args.schedule} (CUR {cached.schedule.cur:.2f})"
+            if args.compile:
+                from ..sampling.guidance import uses_cfg
+
+                cfg_now = spec.default_cfg_scale if args.cfg_scale is None else args.cfg_scale
+                per_call = min(args.batch_size, args.num) * (2 if uses_cfg(cfg_now) else 1)
+                compile_and_report(cached, spec.example_inputs(per_call))
+                source += ", compiled"
             denoise = spec.denoiser(cached)
     cfg = spec.default_cfg_scale if args.cfg_scale is None else args.cfg_scale
     labels = None

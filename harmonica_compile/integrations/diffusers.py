@@ -129,7 +129,13 @@ class AcceleratedTransformer:
     """
 
     def __init__(
-        self, transformer: nn.Module, schedule: CacheSchedule, *, site_rules: Any = None, max_shapes: int = MAX_SHAPES
+        self,
+        transformer: nn.Module,
+        schedule: CacheSchedule,
+        *,
+        site_rules: Any = None,
+        max_shapes: int = MAX_SHAPES,
+        compile: bool = False,
     ):
         if schedule.timesteps is None:
             raise ScheduleError(
@@ -144,6 +150,8 @@ class AcceleratedTransformer:
         self.schedule = schedule
         self.site_rules = site_rules
         self.max_shapes = max_shapes
+        #: Whether each capture's step graphs run through ``torch.compile`` (compiled on first use).
+        self.compile = compile
         self._captures: OrderedDict[Any, Any] = OrderedDict()
         self._state: tuple[Any, ...] | None = None
         #: Captures made so far (each one a torch.export of the transformer and its passes).
@@ -216,7 +224,8 @@ class AcceleratedTransformer:
         from ..cached_model import CachedModel
 
         with self._bare() as module:
-            return CachedModel(prepare(module, (args, kwargs), site_rules=self.site_rules), self.schedule)
+            cacheable = prepare(module, (args, kwargs), site_rules=self.site_rules)
+            return CachedModel(cacheable, self.schedule, compile=self.compile)
 
     def seed(self, example_inputs: Any, cached: Any) -> None:
         """Keep ``cached`` (captured by ``optimize`` from ``example_inputs``) as the first capture."""
@@ -256,9 +265,11 @@ class AcceleratedTransformer:
         self._captures.clear()
 
 
-def install(transformer: nn.Module, schedule: CacheSchedule | str, *, site_rules: Any = None) -> AcceleratedTransformer:
+def install(
+    transformer: nn.Module, schedule: CacheSchedule | str, *, site_rules: Any = None, compile: bool = False
+) -> AcceleratedTransformer:
     """Install ``schedule`` on a live diffusers transformer (see :class:`AcceleratedTransformer`)."""
-    return AcceleratedTransformer(transformer, _load_schedule(schedule, None), site_rules=site_rules)
+    return AcceleratedTransformer(transformer, _load_schedule(schedule, None), site_rules=site_rules, compile=compile)
 
 
 def remove_acceleration(transformer: nn.Module) -> None:
@@ -311,7 +322,11 @@ class _Handle:
 
 
 def accelerate(
-    pipe: Any, schedule: CacheSchedule | str | os.PathLike[str] | None = None, *, site_rules: Any = None
+    pipe: Any,
+    schedule: CacheSchedule | str | os.PathLike[str] | None = None,
+    *,
+    site_rules: Any = None,
+    compile: bool = False,
 ) -> _Handle:
     """Run ``schedule`` in ``pipe``'s transformer, in place; ``undo()`` on the result removes it.
 
@@ -319,6 +334,8 @@ def accelerate(
     saved accelerated pipeline wrote beside its transformer (``transformer/harmonica_schedule.json``
     of the folder ``from_pretrained`` read). The scheduler is checked as soon as the pipeline sets
     its timesteps, so a schedule for another step count or scheduler fails before any step runs.
+    ``compile=True`` runs the step graphs through ``torch.compile`` (each compiled on its first
+    call; see :mod:`harmonica_compile.compiling`).
     """
     schedule = _load_schedule(schedule, pipe)
     transformer = getattr(pipe, "transformer", None)
@@ -329,7 +346,7 @@ def accelerate(
     scheduler = pipe.scheduler
     original = scheduler.set_timesteps
     expected = list(schedule.timesteps or ())
-    acceleration = AcceleratedTransformer(transformer, schedule, site_rules=site_rules)
+    acceleration = AcceleratedTransformer(transformer, schedule, site_rules=site_rules, compile=compile)
 
     def set_timesteps(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)

@@ -112,9 +112,10 @@ class ModelSpec:
             )
         return self.extra["cacheable"]
 
-    def cached(self, schedule: CacheSchedule | str, *, steps: int | None = None) -> CachedModel:
+    def cached(self, schedule: CacheSchedule | str, *, steps: int | None = None, compile: bool = False) -> CachedModel:
         """A :class:`~harmonica_compile.CachedModel` of this model for a (saved) schedule, checked
-        against this spec's sampler (step count, timesteps) and model before anything runs."""
+        against this spec's sampler (step count, timesteps) and model before anything runs;
+        ``compile=True`` runs its step graphs through ``torch.compile``."""
         if isinstance(schedule, str):
             schedule = CacheSchedule.load(schedule)
         steps = schedule.num_steps if steps is None else steps
@@ -132,7 +133,7 @@ class ModelSpec:
         model_name = schedule.meta.get("model")
         if model_name and model_name != self.name:
             raise ScheduleError(f"the schedule was made for model {model_name!r}, not {self.name!r}")
-        return CachedModel(self.cacheable(), schedule)
+        return CachedModel(self.cacheable(), schedule, compile=compile)
 
     def describe(self) -> dict[str, Any]:
         n = sum(p.numel() for p in self.model.parameters()) + sum(b.numel() for b in self.model.buffers())

@@ -85,6 +85,7 @@ def bench_engine(
     write: bool = True,
     out: str | os.PathLike[str] | None = None,
     progress: bool = False,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Benchmark an exported folder; writes ``folder/bench-<runtime>.json`` (or ``out``) and returns it.
 
@@ -93,6 +94,10 @@ def bench_engine(
     and the schedule run the same code path (for ``torch``: a CachedModel of the all-compute
     schedule) with the same warm-up; a measured speedup above the FLOP bound by more than the
     run-to-run noise is flagged (``plausible``, ``warning``).
+
+    ``compile=True`` (torch only) runs both sides through ``torch.compile``; every graph is compiled
+    before the warm-up, and the compile seconds are reported apart (``compile_seconds``), never in
+    the timed runs.
     """
     from ..models.registry import load_model
     from ..sampling import fit_batch
@@ -103,6 +108,8 @@ def bench_engine(
         raise ConfigError(f"images and repeat must be >= 1, got {images} and {repeat}")
     if providers is not None and runtime != "ort":
         raise ConfigError(f"providers choose ONNX Runtime execution providers; runtime {runtime!r} takes none")
+    if compile and runtime != "torch":
+        raise ConfigError(f"compile runs the torch step graphs through torch.compile; runtime {runtime!r} has its own")
     from ..threads import choose_threads
 
     threads, _ = choose_threads(threads)
@@ -113,10 +120,19 @@ def bench_engine(
     schedule = schedule_of_manifest(manifest)
     sampler = spec.sampler(schedule.num_steps)
     cfg = spec.default_cfg_scale if cfg_scale is None else cfg_scale
+    compile_seconds: dict[str, float] | None = None
     if runtime == "torch":
-        cached = spec.denoiser(spec.cached(schedule))
+        cached_model = spec.cached(schedule, compile=compile)
         everything = CacheSchedule.all_compute(schedule.sites, schedule.num_steps, timesteps=schedule.timesteps)
-        full = spec.denoiser(spec.cached(everything))
+        full_model = spec.cached(everything, compile=compile)
+        if compile:
+            batch = fit_batch(cached_model, images, cfg) * (2 if uses_cfg(cfg) else 1)
+            example = spec.example_inputs(batch)
+            compile_seconds = {
+                "full": sum(full_model.warmup(example).values()),
+                "cached": sum(cached_model.warmup(example).values()),
+            }
+        cached, full = spec.denoiser(cached_model), spec.denoiser(full_model)
     else:
         from . import open_engine
 
@@ -172,7 +188,8 @@ def bench_engine(
         "images_per_call": per_call,
         "repeat": repeat,
         "threads": threads,
-        "providers": _providers_used(runtime, cached),
+        "providers": _providers_used(runtime, cached, compile),
+        "compile_seconds": compile_seconds,
         "full_ms_per_image": round(full_img, 4),
         "cached_ms_per_image": round(cached_img, 4),
         "real_speedup": real,
@@ -212,10 +229,10 @@ def _warning(real: float, theoretical: float, noise: float, repeat: int) -> str 
     )
 
 
-def _providers_used(runtime: str, runner: Any) -> list[str]:
+def _providers_used(runtime: str, runner: Any, compiled: bool = False) -> list[str]:
     """What really ran: the providers ONNX Runtime's sessions report, TensorRT's version, or torch."""
     if runtime == "torch":
-        return [f"torch {torch.__version__} eager"]
+        return [f"torch {torch.__version__} {'compiled (inductor)' if compiled else 'eager'}"]
     return list(getattr(runner, "active_providers", None) or runner.providers)
 
 
@@ -228,6 +245,14 @@ def format_bench(result: dict[str, Any]) -> str:
         f"real speedup {result['real_speedup']:.2f}x, theoretical {result['theoretical_speedup']:.2f}x, "
         f"ratio {result['ratio_real_over_theoretical']:.2f} (run-to-run noise +-{result['noise']:.0%})",
         *([f"warning: {result['warning']}"] if result.get("warning") else []),
+        *(
+            [
+                f"compile (not timed above): full {result['compile_seconds']['full']:.1f} s, cached "
+                f"{result['compile_seconds']['cached']:.1f} s"
+            ]
+            if result.get("compile_seconds")
+            else []
+        ),
         "",
         "step  timestep  graph  cached  full ms  cached ms",
     ]

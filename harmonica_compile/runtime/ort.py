@@ -10,7 +10,14 @@ batch size nor per process. Which providers a session really got is read back fr
 runner that believed the requested list would bind inputs to a device that is not there.
 
 On a GPU session, caches stay on the device between steps as ``OrtValue`` (IO binding); on the
-CPU, numpy arrays are passed directly.
+CPU, numpy arrays are passed directly: ONNX Runtime reads a contiguous array in place and the
+outputs it allocates become the next steps' cache inputs as they are, so nothing is copied per
+step. Measured on tiny-dit-digits FORA(2), 8 images, 2 threads: everything outside
+``InferenceSession.run`` (the engine, feeds, guidance, the sampler update) is 0.7 ms of a step,
+against 2-4 ms for a step with every site cached; what remains of a cached step is the
+graph's own broadcast Mul/Add work (the gated residual adds of the cached values), not copies.
+``optimization`` (``"all"``, the default; ``"extended"``, ``"basic"``, ``"disabled"``) sets the
+graph optimization level; "all" and "basic" were within run-to-run noise on whole schedules there.
 
 Example (with a folder written by ``harmonica-compile export``)::
 
@@ -164,6 +171,7 @@ class OrtRunner(EngineRunner):
         levels = {
             "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }
         if optimization not in levels:
