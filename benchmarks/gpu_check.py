@@ -300,7 +300,12 @@ def part_torch(device: torch.device, dry_run: bool, notes: list[str]) -> list[di
     big = load_model("DiT-S/8@16" if dry_run else "DiT-XL/2")  # DiT-XL/2 at a 32x32 latent, random weights
     if dry_run:
         big.model.blocks = big.model.blocks[:2]  # the same code path, in seconds
-    for dtype in dtypes:
+    # CUR 0.375: 6 of 16 steps cached, never two in a row; CUR 0.5: FORA(2)
+    both = {"cur0.375": (2, 4, 6, 10, 12, 14), "fora2": range(1, 16, 2)}
+    # then compiled (torch.compile; CUDA graphs on CUDA): fp32 and bf16 on the GPU, fp32 in the dry run
+    cases = [(dtype, both, False) for dtype in dtypes]
+    cases += [(dtype, {"fora2": both["fora2"]}, True) for dtype in (dtypes if not dry_run else [torch.float32])]
+    for dtype, schedules, compile in cases:
         rows += torch_case(
             big,
             device=device,
@@ -308,24 +313,10 @@ def part_torch(device: torch.device, dry_run: bool, notes: list[str]) -> list[di
             images=1 if dry_run else 8,
             steps=16,
             cfg=1.0,
-            # CUR 0.375: 6 of 16 steps cached, never two in a row; CUR 0.5: FORA(2)
-            schedules={"cur0.375": (2, 4, 6, 10, 12, 14), "fora2": range(1, 16, 2)},
+            schedules=schedules,
             warmup=warmup,
             repeat=repeat,
-        )
-    # compiled rows (torch.compile; CUDA graphs on CUDA): fp32 and bf16 on the GPU, fp32 in the dry run
-    for dtype in dtypes if not dry_run else [torch.float32]:
-        rows += torch_case(
-            big,
-            device=device,
-            dtype=dtype,
-            images=1 if dry_run else 8,
-            steps=16,
-            cfg=1.0,
-            schedules={"fora2": range(1, 16, 2)},
-            warmup=warmup,
-            repeat=repeat,
-            compile=True,
+            compile=compile,
         )
     return rows
 

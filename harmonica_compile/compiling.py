@@ -93,7 +93,8 @@ class StepCompiler:
     def _function(self, graph: int, gm: torch.nn.Module, device: str) -> Callable[..., Any]:
         key = (graph, device)
         if key not in self._compiled:
-            mode = self.mode_for(device)
+            # torch.compile takes a mode or inductor options, not both; options mean no CUDA graphs
+            mode = self.mode_for(device) if not self.options else "options"
             options: dict[str, Any] = {"mode": mode} if not self.options else {"options": self.options}
             dynamic = False if mode in CUDA_GRAPH_MODES and device == "cuda" else None
             self._compiled[key] = torch.compile(gm, dynamic=dynamic, **options)
