@@ -45,7 +45,10 @@ def test_compiled_schedule_follows_the_eager_trajectory():
     assert sorted(seconds) == [0, 1] and all(s > 0 for s in seconds.values())
     sampler = DDIMSampler(4)
     ref, xs = _trajectory(eager, x, y, sampler)
+    ran, run = [], compiled.compiler.run
+    compiled.compiler.run = lambda g, gm, inputs: ran.append(g) or run(g, gm, inputs)
     got, _ = _trajectory(compiled, x, y, sampler, xs=xs)
+    assert ran == [0, 1, 0, 1], "every step ran its graph through the compiler"
     r = tiny_roundings("reference-dit")
     for i, (a, b) in enumerate(zip(ref, got, strict=True)):
         assert (a - b).abs().max() <= fp32_atol(a, (i + 1) * r), f"step {i}"
