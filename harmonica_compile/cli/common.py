@@ -90,8 +90,8 @@ def print_json(obj: Any) -> None:
 
 COMPILE_HELP = (
     "run the step graphs through torch.compile (inductor; needs a C++ compiler on the CPU). Compiling costs "
-    "seconds per graph (tiny-dit-digits, 16 graphs: about 2 minutes on 2 cores, less from inductor's cache on "
-    "later runs), so it pays off on long or repeated sampling, not on a quick demo"
+    "seconds per graph (printed; less on later runs, from inductor's on-disk cache), so it pays off on long or "
+    "repeated sampling, not on a quick demo"
 )
 
 
