@@ -82,14 +82,14 @@ def run(args: argparse.Namespace) -> int:
             if args.schedule is not None:
                 source = f"schedule {args.schedule} (CUR {cached.schedule.cur:.2f})"
             if args.compile:
-                from ..sampling.guidance import uses_cfg
-
-                cfg_now = spec.default_cfg_scale if args.cfg_scale is None else args.cfg_scale
-                per_call = min(args.batch_size, args.num) * (2 if uses_cfg(cfg_now) else 1)
-                compile_and_report(cached, spec.example_inputs(per_call))
                 source += ", compiled"
             denoise = spec.denoiser(cached)
     cfg = spec.default_cfg_scale if args.cfg_scale is None else args.cfg_scale
+    if args.compile:  # compile every graph now, at the model batch generate() will call with
+        from ..sampling.guidance import uses_cfg
+
+        per_call = min(args.batch_size, args.num) * (2 if uses_cfg(cfg) else 1)
+        compile_and_report(cached, spec.example_inputs(per_call))
     labels = None
     if args.labels is not None:
         import torch

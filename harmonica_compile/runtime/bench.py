@@ -120,18 +120,12 @@ def bench_engine(
     schedule = schedule_of_manifest(manifest)
     sampler = spec.sampler(schedule.num_steps)
     cfg = spec.default_cfg_scale if cfg_scale is None else cfg_scale
-    compile_seconds: dict[str, float] | None = None
+    compiled: dict[str, Any] = {}
     if runtime == "torch":
         cached_model = spec.cached(schedule, compile=compile)
         everything = CacheSchedule.all_compute(schedule.sites, schedule.num_steps, timesteps=schedule.timesteps)
         full_model = spec.cached(everything, compile=compile)
-        if compile:
-            batch = fit_batch(cached_model, images, cfg) * (2 if uses_cfg(cfg) else 1)
-            example = spec.example_inputs(batch)
-            compile_seconds = {
-                "full": sum(full_model.warmup(example).values()),
-                "cached": sum(cached_model.warmup(example).values()),
-            }
+        compiled = {"full": full_model, "cached": cached_model} if compile else {}
         cached, full = spec.denoiser(cached_model), spec.denoiser(full_model)
     else:
         from . import open_engine
@@ -143,6 +137,11 @@ def bench_engine(
             runner.check_model(spec.name)
             runner.check_sampler(sampler)
     per_call = fit_batch(cached, images, cfg)  # runners have a max_batch; torch modules none
+    model_batch = per_call * (2 if uses_cfg(cfg) else 1)
+    compile_seconds: dict[str, float] | None = None
+    if compiled:  # compiled at the batch the runs call with, before the warm-up
+        example = spec.example_inputs(model_batch)
+        compile_seconds = {side: sum(m.warmup(example).values()) for side, m in compiled.items()}
     noise = spec.noise(images, seed=0)
     cond, null = spec.conditions(images, seed=0)
     from tqdm import tqdm
@@ -184,7 +183,7 @@ def bench_engine(
         "model": manifest.model_name,
         "images": images,
         "cfg_scale": cfg,
-        "model_batch": per_call * (2 if uses_cfg(cfg) else 1),
+        "model_batch": model_batch,
         "images_per_call": per_call,
         "repeat": repeat,
         "threads": threads,

@@ -206,3 +206,22 @@ def test_torch_bench_times_full_and_cached_through_the_same_code(folders, monkey
     bench.bench_engine(eng, runtime="torch", images=1, repeat=1, warmup=0, model="helpers:tiny_spec", write=False)
     owners = {type(getattr(r, "__self__", None)).__name__ for r in seen}
     assert owners == {"CachedModel"}
+
+
+def test_bench_compile_reports_compile_seconds_apart(folders, capsys):
+    """``bench --runtime torch --compile``: both sides compiled before the warm-up, the compile
+    seconds in the result and the printout, the runtime named as compiled; other runtimes refuse."""
+    eng = folders / "eng"
+    if not eng.exists():
+        main(["export", str(folders / "sched"), *MODEL, "--out", str(eng)])
+    out = folders / "bench-compiled.json"
+    argv = ["bench", str(eng), "--runtime", "torch", "--compile", "--images", "1", "--repeat", "1", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["compile_seconds"]) == {"full", "cached"} and all(
+        s > 0 for s in result["compile_seconds"].values()
+    )
+    assert "compiled (inductor)" in result["providers"][0]
+    assert "compile (not timed above)" in capsys.readouterr().out
+    assert main(["bench", str(eng), "--runtime", "ort", "--compile"]) == 2
+    assert "has its own" in capsys.readouterr().err
