@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from .cacheable import CacheableModel, prepare
@@ -35,6 +36,7 @@ def optimize(
     site_rules: Sequence[SiteRule] | None = None,
     check_finite: bool = False,
     compile: bool = False,
+    dtype: str | torch.dtype | None = None,
     **train_options: Any,
 ) -> CachedModel:
     """A :class:`CachedModel` running ``schedule`` over ``model``.
@@ -42,7 +44,9 @@ def optimize(
     ``schedule`` is a :class:`CacheSchedule` or the path of a saved one. When it is ``None`` a
     schedule is trained first (``method="harmonica"|"l2c"|"fora"``, ``target_cur=...``,
     ``num_steps=...``; see :func:`harmonica_compile.training.train_schedule`). ``compile=True`` runs
-    the step graphs through ``torch.compile`` (see :mod:`harmonica_compile.compiling`).
+    the step graphs through ``torch.compile`` (see :mod:`harmonica_compile.compiling`);
+    ``dtype="bf16"``/``"fp16"`` runs their token matmuls in that dtype, norms, softmax, adaLN and
+    caches in fp32 (see :mod:`harmonica_compile.passes.lower_precision`).
 
     A diffusers model (``ModelMixin``) is accelerated in place instead and returned itself, so that
     ``pipe.transformer = optimize(pipe.transformer, example, schedule=...)`` keeps every pipeline
@@ -70,11 +74,11 @@ def optimize(
         raise ConfigError(f"training options {sorted(train_options)} were given with a schedule; pass one or the other")
     if not isinstance(schedule, CacheSchedule):
         raise ScheduleError(f"schedule must be a CacheSchedule or a path, got {type(schedule).__name__}")
-    cached = CachedModel(cacheable, schedule, check_finite=check_finite, compile=compile)  # checks sites
+    cached = CachedModel(cacheable, schedule, check_finite=check_finite, compile=compile, dtype=dtype)  # checks sites
     if _is_diffusers_model(model):
         from .integrations.diffusers import AcceleratedTransformer
 
-        acceleration = AcceleratedTransformer(model, schedule, site_rules=site_rules, compile=compile)
+        acceleration = AcceleratedTransformer(model, schedule, site_rules=site_rules, compile=compile, dtype=dtype)
         acceleration.seed(example_inputs, cached)
         return model  # type: ignore[return-value]
     return cached

@@ -11,6 +11,10 @@ That state machine is the :class:`~harmonica_compile.engine.StepEngine` every ru
 :mod:`harmonica_compile.compiling`): ``warmup()`` compiles them all up front, ``compile_seconds``
 and ``compile_report()`` say what it cost and where it fell back.
 
+``dtype="bf16"`` (or ``"fp16"``) runs every graph's token matmuls (linears, convolutions,
+attention) in that dtype and keeps norms, softmax, the adaLN modulation and the caches in fp32
+(see :mod:`harmonica_compile.passes.lower_precision`); it combines with ``compile=True``.
+
 Example:
     >>> import torch
     >>> from harmonica_compile import CacheSchedule, optimize
@@ -39,6 +43,7 @@ from .engine import GraphIO, StepEngine
 from .errors import NumericalError, ScheduleError
 from .names import FORECAST_WEIGHTS, INPUT_NAMES, KINDS, OUTPUT_NAMES
 from .passes import CacheSite
+from .passes.lower_precision import LowerPrecision, resolve_dtype
 from .schedule import CacheSchedule
 
 __all__ = ["CachedModel"]
@@ -55,6 +60,7 @@ class CachedModel(nn.Module):
         check_finite: bool = False,
         compile: bool = False,
         compile_mode: str | None = None,
+        dtype: str | torch.dtype | None = None,
     ):
         super().__init__()
         schedule.check_sites(cacheable.site_names, what=f"the model ({cacheable.captured.model_class})")
@@ -66,12 +72,16 @@ class CachedModel(nn.Module):
         for step, g in enumerate(groups):
             refresh.setdefault(g, set()).update(schedule.refreshed_sites(step))
         first = {g: step for step, g in reversed(list(enumerate(groups)))}
-        self.graphs = nn.ModuleList(
-            [
-                cacheable.specialize(schedule.mask[first[g]], sorted(refresh[g]), schedule.branches[first[g]])
-                for g in range(len(first))
-            ]
-        )
+        graphs = [
+            cacheable.specialize(schedule.mask[first[g]], sorted(refresh[g]), schedule.branches[first[g]])
+            for g in range(len(first))
+        ]
+        #: The dtype of the token matmuls (fp32 unless ``dtype=``; see :mod:`~harmonica_compile.passes.lower_precision`).
+        self.dtype = resolve_dtype(dtype)
+        if self.dtype != torch.float32:
+            lower = LowerPrecision(self.dtype, {})  # one table: every graph reads the same low-precision weights
+            graphs = [lower(gm).graph_module for gm in graphs]
+        self.graphs = nn.ModuleList(graphs)
         self._num_model_inputs = len(cacheable.captured.input_names)
         self._num_model_outputs = len(cacheable.captured.output_names)
         self._timestep_index = cacheable.captured.timestep_input()
@@ -170,7 +180,9 @@ class CachedModel(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"model={self.cacheable.captured.model_class}, steps={self.num_steps}, sites={len(self.sites)}, "
-            f"graphs={self.num_graphs}, cur={self.schedule.cur:.3f}" + (", compiled" if self.compiler else "")
+            f"graphs={self.num_graphs}, cur={self.schedule.cur:.3f}"
+            + (f", dtype={str(self.dtype).removeprefix('torch.')}" if self.dtype != torch.float32 else "")
+            + (", compiled" if self.compiler else "")
         )
 
     @property
@@ -264,6 +276,8 @@ class CachedModel(nn.Module):
             return
         site = self._first_non_finite_site(step, flat, cache_in, cache_names)
         where = f"first in site '{site}'" if site else "outside every cache site (embeddings or final layer)"
+        if self.dtype != torch.float32:
+            where += f" (site found by re-running in fp32; this model computes in {self.dtype})"
         raise NumericalError(
             f"step {step}: NaN or Inf appeared {where}, with finite inputs and cache; check the model's "
             "weights and dtype (fp16 overflow is the usual cause)"

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 __all__ = [
     "CACHE",
+    "COMPUTE_DTYPE",
     "FORECAST_WEIGHTS",
     "FRESH",
     "HISTORY",
     "INPUT_NAME",
     "INPUT_NAMES",
     "KINDS",
+    "LOWERED_FROM",
     "MASK",
     "NEW_CACHE",
     "OUTPUT_NAMES",
@@ -58,6 +60,8 @@ PROVENANCE = "harmonica"
 INPUT_NAME = "harmonica_input"
 #: On site output nodes: ``(site name, output index)``.
 SITE_OUTPUT = "harmonica_site"
+#: On LowerPrecision's weight reads: the fp32 weight (its ``get_attr`` target) the copy was made from.
+LOWERED_FROM = "harmonica_lowered_from"
 
 # ---------------------------------------------------------------------------------- gm.meta keys
 #: Public names of the graph's inputs, in placeholder order.
@@ -72,6 +76,8 @@ REFRESH = "harmonica_refresh"
 ROUTING = "harmonica_routing"
 #: The CacheSites FindCacheSites found.
 SITES = "harmonica_sites"
+#: A lowered graph's compute dtype (``"bfloat16"``/``"float16"``); absent on fp32 graphs.
+COMPUTE_DTYPE = "harmonica_compute_dtype"
 
 # ---------------------------------------------------------------------------------- manifest roles
 #: Roles of exported graph inputs and outputs.

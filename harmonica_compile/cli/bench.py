@@ -7,6 +7,8 @@ from typing import Any
 
 from .common import (
     COMPILE_HELP,
+    DTYPE_CHOICES,
+    DTYPE_HELP,
     PROVIDERS_HELP,
     add_threads_arg,
     finite_float,
@@ -31,6 +33,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--compile", action="store_true", help=COMPILE_HELP + " (--runtime torch; compile time reported apart)"
     )
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES, help=DTYPE_HELP + " (--runtime torch)")
     add_threads_arg(p)
     p.set_defaults(func=run)
 
@@ -52,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         progress=not args.quiet,
         compile=args.compile,
+        dtype=args.dtype,
     )
     print(format_bench(result))
     print(f"wrote {result['file']}")

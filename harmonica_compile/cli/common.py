@@ -12,6 +12,8 @@ __all__ = [
     "PROVIDERS_HELP",
     "add_sampling_args",
     "add_threads_arg",
+    "DTYPE_CHOICES",
+    "DTYPE_HELP",
     "compile_and_report",
     "finite_float",
     "positive_int",
@@ -92,6 +94,13 @@ COMPILE_HELP = (
     "run the step graphs through torch.compile (inductor; needs a C++ compiler on the CPU). Compiling costs "
     "seconds per graph (printed; less on later runs, from inductor's on-disk cache), so it pays off on long or "
     "repeated sampling, not on a quick demo"
+)
+
+
+DTYPE_CHOICES = ("fp32", "bf16", "fp16")
+DTYPE_HELP = (
+    "compute dtype of the token matmuls (linears, convolutions, attention); norms, softmax, the adaLN "
+    "modulation and the caches stay fp32. bf16/fp16 pay off on GPUs; on CPUs without bf16 units they are slower"
 )
 
 

@@ -11,6 +11,8 @@ from ..errors import ConfigError
 from .common import (
     COMPILE_HELP,
     DEFAULT_MODEL,
+    DTYPE_CHOICES,
+    DTYPE_HELP,
     PROVIDERS_HELP,
     add_sampling_args,
     compile_and_report,
@@ -37,6 +39,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output .npz with images (N x C x H x W in [-1, 1]) and labels")
     p.add_argument("--grid", default=None, help="also write a PNG grid of the samples")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP + " (torch only: not with --engine)")
+    p.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES, help=DTYPE_HELP + " (torch only: not with --engine)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -49,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
     threads = set_threads(args)
     if args.compile and args.engine:
         raise ConfigError("--compile compiles the torch step graphs; an --engine runs in ONNX Runtime or TensorRT")
+    if args.dtype != "fp32" and args.engine:
+        raise ConfigError(
+            f"--dtype {args.dtype} lowers the torch step graphs; an --engine runs its exported graphs as built "
+            "(TensorRT: export with --fp16)"
+        )
     if args.engine:
         from ..runtime import open_engine
 
@@ -69,20 +77,23 @@ def run(args: argparse.Namespace) -> int:
         spec = load_model(args.model or DEFAULT_MODEL)
         steps = spec.default_steps if args.steps is None else args.steps
         denoise, source = None, "full compute"
-        if args.schedule is not None or args.compile:
+        lowered = args.dtype != "fp32"
+        if args.schedule is not None or args.compile or lowered:
             from ..schedule import CacheSchedule
             from ..workflows import schedule_file
 
             if args.schedule is not None:
                 schedule: Any = str(schedule_file(args.schedule))
-            else:  # full compute, compiled: the all-compute schedule is one graph
+            else:  # full compute, compiled or lowered: the all-compute schedule is one graph
                 sites = spec.cacheable().site_names
                 schedule = CacheSchedule.all_compute(sites, steps, [float(t) for t in spec.sampler(steps).timesteps])
-            cached = spec.cached(schedule, steps=steps, compile=args.compile)
+            cached = spec.cached(schedule, steps=steps, compile=args.compile, dtype=args.dtype)
             if args.schedule is not None:
                 source = f"schedule {args.schedule} (CUR {cached.schedule.cur:.2f})"
             if args.compile:
                 source += ", compiled"
+            if lowered:
+                source += f", {args.dtype} matmuls"
             denoise = spec.denoiser(cached)
     cfg = spec.default_cfg_scale if args.cfg_scale is None else args.cfg_scale
     if args.compile:  # compile every graph now, at the model batch generate() will call with

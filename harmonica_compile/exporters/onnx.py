@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..cached_model import CachedModel
 from ..errors import ExportError
 from ..io import atomic_dir, save_safetensors, sha256_file
@@ -111,6 +113,12 @@ def export_onnx(
     import onnx_ir as ir
 
     config = (config or ExportConfig()).replace(**overrides)
+    if cached.dtype != torch.float32:
+        raise ExportError(
+            f"this CachedModel computes its token matmuls in {cached.dtype} (dtype=), but the ONNX export is of "
+            "the fp32 graphs, so the folder would not match it; export a CachedModel made without dtype= "
+            "(TensorRT: ExportConfig(fp16=True) / --fp16 sets the engine's precision)"
+        )
     schedule = cached.schedule
     timesteps = [float(t) for t in sampler.timesteps]
     if len(timesteps) != schedule.num_steps:

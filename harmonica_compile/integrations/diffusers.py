@@ -136,6 +136,7 @@ class AcceleratedTransformer:
         site_rules: Any = None,
         max_shapes: int = MAX_SHAPES,
         compile: bool = False,
+        dtype: str | torch.dtype | None = None,
     ):
         if schedule.timesteps is None:
             raise ScheduleError(
@@ -152,6 +153,8 @@ class AcceleratedTransformer:
         self.max_shapes = max_shapes
         #: Whether each capture's step graphs run through ``torch.compile`` (compiled on first use).
         self.compile = compile
+        #: The token matmuls' dtype in each capture's graphs (``None``: fp32; see CachedModel's ``dtype=``).
+        self.dtype = dtype
         self._captures: OrderedDict[Any, Any] = OrderedDict()
         self._state: tuple[Any, ...] | None = None
         #: Captures made so far (each one a torch.export of the transformer and its passes).
@@ -225,7 +228,7 @@ class AcceleratedTransformer:
 
         with self._bare() as module:
             cacheable = prepare(module, (args, kwargs), site_rules=self.site_rules)
-            return CachedModel(cacheable, self.schedule, compile=self.compile)
+            return CachedModel(cacheable, self.schedule, compile=self.compile, dtype=self.dtype)
 
     def seed(self, example_inputs: Any, cached: Any) -> None:
         """Keep ``cached`` (captured by ``optimize`` from ``example_inputs``) as the first capture."""
@@ -266,10 +269,17 @@ class AcceleratedTransformer:
 
 
 def install(
-    transformer: nn.Module, schedule: CacheSchedule | str, *, site_rules: Any = None, compile: bool = False
+    transformer: nn.Module,
+    schedule: CacheSchedule | str,
+    *,
+    site_rules: Any = None,
+    compile: bool = False,
+    dtype: str | torch.dtype | None = None,
 ) -> AcceleratedTransformer:
     """Install ``schedule`` on a live diffusers transformer (see :class:`AcceleratedTransformer`)."""
-    return AcceleratedTransformer(transformer, _load_schedule(schedule, None), site_rules=site_rules, compile=compile)
+    return AcceleratedTransformer(
+        transformer, _load_schedule(schedule, None), site_rules=site_rules, compile=compile, dtype=dtype
+    )
 
 
 def remove_acceleration(transformer: nn.Module) -> None:
@@ -327,6 +337,7 @@ def accelerate(
     *,
     site_rules: Any = None,
     compile: bool = False,
+    dtype: str | torch.dtype | None = None,
 ) -> _Handle:
     """Run ``schedule`` in ``pipe``'s transformer, in place; ``undo()`` on the result removes it.
 
@@ -335,7 +346,9 @@ def accelerate(
     of the folder ``from_pretrained`` read). The scheduler is checked as soon as the pipeline sets
     its timesteps, so a schedule for another step count or scheduler fails before any step runs.
     ``compile=True`` runs the step graphs through ``torch.compile`` (each compiled on its first
-    call; see :mod:`harmonica_compile.compiling`).
+    call; see :mod:`harmonica_compile.compiling`); ``dtype="bf16"`` runs the transformer's token
+    matmuls in bf16 with norms, softmax and adaLN in fp32 (of an fp32 transformer; one already in
+    fp16 or bf16 stays as it is).
     """
     schedule = _load_schedule(schedule, pipe)
     transformer = getattr(pipe, "transformer", None)
@@ -346,7 +359,7 @@ def accelerate(
     scheduler = pipe.scheduler
     original = scheduler.set_timesteps
     expected = list(schedule.timesteps or ())
-    acceleration = AcceleratedTransformer(transformer, schedule, site_rules=site_rules, compile=compile)
+    acceleration = AcceleratedTransformer(transformer, schedule, site_rules=site_rules, compile=compile, dtype=dtype)
 
     def set_timesteps(*args: Any, **kwargs: Any) -> Any:
         result = original(*args, **kwargs)

@@ -112,10 +112,18 @@ class ModelSpec:
             )
         return self.extra["cacheable"]
 
-    def cached(self, schedule: CacheSchedule | str, *, steps: int | None = None, compile: bool = False) -> CachedModel:
+    def cached(
+        self,
+        schedule: CacheSchedule | str,
+        *,
+        steps: int | None = None,
+        compile: bool = False,
+        dtype: str | torch.dtype | None = None,
+    ) -> CachedModel:
         """A :class:`~harmonica_compile.CachedModel` of this model for a (saved) schedule, checked
         against this spec's sampler (step count, timesteps) and model before anything runs;
-        ``compile=True`` runs its step graphs through ``torch.compile``."""
+        ``compile=True`` runs its step graphs through ``torch.compile``, ``dtype="bf16"`` their token
+        matmuls in bf16 (see :class:`~harmonica_compile.CachedModel`)."""
         if isinstance(schedule, str):
             schedule = CacheSchedule.load(schedule)
         steps = schedule.num_steps if steps is None else steps
@@ -133,7 +141,7 @@ class ModelSpec:
         model_name = schedule.meta.get("model")
         if model_name and model_name != self.name:
             raise ScheduleError(f"the schedule was made for model {model_name!r}, not {self.name!r}")
-        return CachedModel(self.cacheable(), schedule, compile=compile)
+        return CachedModel(self.cacheable(), schedule, compile=compile, dtype=dtype)
 
     def describe(self) -> dict[str, Any]:
         n = sum(p.numel() for p in self.model.parameters()) + sum(b.numel() for b in self.model.buffers())

@@ -86,6 +86,7 @@ def bench_engine(
     out: str | os.PathLike[str] | None = None,
     progress: bool = False,
     compile: bool = False,
+    dtype: str | torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Benchmark an exported folder; writes ``folder/bench-<runtime>.json`` (or ``out``) and returns it.
 
@@ -97,9 +98,11 @@ def bench_engine(
 
     ``compile=True`` (torch only) runs both sides through ``torch.compile``; every graph is compiled
     before the warm-up, and the compile seconds are reported apart (``compile_seconds``), never in
-    the timed runs.
+    the timed runs. ``dtype="bf16"``/``"fp16"`` (torch only) runs both sides' token matmuls in that
+    dtype (CachedModel's ``dtype=``).
     """
     from ..models.registry import load_model
+    from ..passes.lower_precision import resolve_dtype
     from ..sampling import fit_batch
 
     if runtime not in ("torch", "ort", "trt"):
@@ -110,6 +113,12 @@ def bench_engine(
         raise ConfigError(f"providers choose ONNX Runtime execution providers; runtime {runtime!r} takes none")
     if compile and runtime != "torch":
         raise ConfigError(f"compile runs the torch step graphs through torch.compile; runtime {runtime!r} has its own")
+    compute_dtype = resolve_dtype(dtype)
+    if compute_dtype != torch.float32 and runtime != "torch":
+        raise ConfigError(
+            f"dtype lowers the torch step graphs; runtime {runtime!r} runs the exported fp32 graphs "
+            "(TensorRT: export with --fp16)"
+        )
     from ..threads import choose_threads
 
     threads, _ = choose_threads(threads)
@@ -122,9 +131,9 @@ def bench_engine(
     cfg = spec.default_cfg_scale if cfg_scale is None else cfg_scale
     compiled: dict[str, Any] = {}
     if runtime == "torch":
-        cached_model = spec.cached(schedule, compile=compile)
+        cached_model = spec.cached(schedule, compile=compile, dtype=compute_dtype)
         everything = CacheSchedule.all_compute(schedule.sites, schedule.num_steps, timesteps=schedule.timesteps)
-        full_model = spec.cached(everything, compile=compile)
+        full_model = spec.cached(everything, compile=compile, dtype=compute_dtype)
         compiled = {"full": full_model, "cached": cached_model} if compile else {}
         cached, full = spec.denoiser(cached_model), spec.denoiser(full_model)
     else:
@@ -187,7 +196,8 @@ def bench_engine(
         "images_per_call": per_call,
         "repeat": repeat,
         "threads": threads,
-        "providers": _providers_used(runtime, cached, compile),
+        "providers": _providers_used(runtime, cached, compile, compute_dtype),
+        "dtype": str(compute_dtype).removeprefix("torch."),
         "compile_seconds": compile_seconds,
         "full_ms_per_image": round(full_img, 4),
         "cached_ms_per_image": round(cached_img, 4),
@@ -228,10 +238,13 @@ def _warning(real: float, theoretical: float, noise: float, repeat: int) -> str 
     )
 
 
-def _providers_used(runtime: str, runner: Any, compiled: bool = False) -> list[str]:
+def _providers_used(
+    runtime: str, runner: Any, compiled: bool = False, dtype: torch.dtype = torch.float32
+) -> list[str]:
     """What really ran: the providers ONNX Runtime's sessions report, TensorRT's version, or torch."""
     if runtime == "torch":
-        return [f"torch {torch.__version__} {'compiled (inductor)' if compiled else 'eager'}"]
+        low = f", {str(dtype).removeprefix('torch.')} matmuls" if dtype != torch.float32 else ""
+        return [f"torch {torch.__version__} {'compiled (inductor)' if compiled else 'eager'}{low}"]
     return list(getattr(runner, "active_providers", None) or runner.providers)
 
 
