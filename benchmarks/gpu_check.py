@@ -172,21 +172,38 @@ def torch_case(
     warmup: int,
     repeat: int,
     compile: bool = False,
+    mixed: bool = False,
 ) -> list[dict[str, Any]]:
     """Capture ``spec``'s model on ``device`` in ``dtype``, then time each schedule against full compute
-    (``compile``: both sides through ``torch.compile``, CUDA graphs on CUDA; compile seconds apart)."""
+    (``compile``: both sides through ``torch.compile``, CUDA graphs on CUDA; compile seconds apart).
+    ``mixed``: the model stays fp32 and ``CachedModel(dtype=dtype)`` lowers only the token matmuls
+    (norms, softmax, adaLN, caches in fp32). Every row also reports the computed step's distance
+    to fp32 eager, so whole-model bf16 and mixed bf16 can be compared."""
     from harmonica_compile import CacheSchedule, optimize, prepare
     from harmonica_compile.sampling import model_inputs, sample
 
+    lowered = dtype if mixed else None
+    sampler = spec.sampler(steps)
+    noise32 = spec.noise(images, seed=0).to(device=device)
+    cond32, null32 = spec.conditions(images, seed=0)
+    cond32, null32 = _to(cond32, device, torch.float32), _to(null32, device, torch.float32)
+    spec.model.to(device=device, dtype=torch.float32)
+    x32, t32, c32 = model_inputs(
+        sampler, noise32 * sampler.init_noise_sigma, 0, cond32, cfg, None if cfg == 1.0 else null32
+    )
+    with torch.no_grad():
+        fp32_eager = spec.denoiser(spec.model.eval())(x32, t32, c32).float()
+    if mixed:
+        dtype = torch.float32  # the captured model and its inputs; the graphs compute in ``lowered``
     model = spec.model.to(device=device, dtype=dtype).eval()
     t0 = time.perf_counter()
     example = _to(spec.example_inputs(2), device, dtype)
     cacheable = prepare(model, example, model_name=spec.name)
     capture_s = time.perf_counter() - t0
     sites = cacheable.site_names
-    sampler = spec.sampler(steps)
     timesteps = [float(t) for t in sampler.timesteps]
-    full = optimize(cacheable, schedule=CacheSchedule.all_compute(sites, steps, timesteps=timesteps), compile=compile)
+    everything = CacheSchedule.all_compute(sites, steps, timesteps=timesteps)
+    full = optimize(cacheable, schedule=everything, compile=compile, dtype=lowered)
     batch_example = _to(spec.example_inputs(images * (1 if cfg == 1.0 else 2)), device, dtype)
     compile_s = {"full": sum(full.warmup(batch_example).values())} if compile else {}
     noise = spec.noise(images, seed=0).to(device=device, dtype=dtype)
@@ -203,10 +220,11 @@ def torch_case(
         graph = spec.denoiser(full)(x_in, t_in, c_in)
     full.reset()
     parity = float((graph.float() - eager.float()).abs().max())
+    vs_fp32 = float((graph.float() - fp32_eager).abs().max())
     # fp32: a first-order rounding bound; in bf16 that bound exceeds the values themselves, so
     # only exactness is reported (the graph runs eager's aten ops, so it is usually bit-identical)
     bound = None
-    if dtype == torch.float32:  # compiled too: inductor reorders the same fp32 operations
+    if dtype == torch.float32 and not mixed:  # compiled too: inductor reorders the same fp32 operations
         tokens = int(model.x_embedder.num_patches)
         bound = rounding_bound(model, dtype, tokens) * max(float(eager.float().abs().max()), 1.0)
 
@@ -214,7 +232,7 @@ def torch_case(
     rows = []
     for label, cached_steps in schedules.items():
         schedule = whole_step_schedule(sites, steps, cached_steps, timesteps)
-        cached = optimize(cacheable, schedule=schedule, compile=compile)
+        cached = optimize(cacheable, schedule=schedule, compile=compile, dtype=lowered)
         if compile:
             compile_s[label] = sum(cached.warmup(batch_example).values())
 
@@ -231,7 +249,9 @@ def torch_case(
         rows.append(
             {
                 "model": spec.name,
-                "dtype": str(dtype).replace("torch.", ""),
+                "dtype": str(lowered or dtype).replace("torch.", ""),
+                # "model": the whole model cast to dtype; "mixed": CachedModel(dtype=), token matmuls only
+                "precision": "mixed" if mixed else "model",
                 "compiled": compile,
                 "compile_s": round(compile_s["full"] + compile_s[label], 2) if compile else None,
                 "schedule": label,
@@ -249,8 +269,9 @@ def torch_case(
                 "parity_max_abs": parity,
                 "parity_exact": parity == 0.0,
                 "parity_bound": bound,
-                # compiled bf16: not bit-exact and no useful first-order bound; reported, not judged
-                "parity_ok": (None if compile else parity == 0.0) if bound is None else parity <= bound,
+                # compiled bf16 and mixed (against fp32 eager): no useful first-order bound; reported, not judged
+                "parity_ok": (None if compile or mixed else parity == 0.0) if bound is None else parity <= bound,
+                "vs_fp32_eager_max_abs": vs_fp32,
             }
         )
     spec.model.to(device="cpu", dtype=torch.float32)
@@ -303,9 +324,13 @@ def part_torch(device: torch.device, dry_run: bool, notes: list[str]) -> list[di
     # CUR 0.375: 6 of 16 steps cached, never two in a row; CUR 0.5: FORA(2)
     both = {"cur0.375": (2, 4, 6, 10, 12, 14), "fora2": range(1, 16, 2)}
     # then compiled (torch.compile; CUDA graphs on CUDA): fp32 and bf16 on the GPU, fp32 in the dry run
-    cases = [(dtype, both, False) for dtype in dtypes]
-    cases += [(dtype, {"fora2": both["fora2"]}, True) for dtype in (dtypes if not dry_run else [torch.float32])]
-    for dtype, schedules, compile in cases:
+    # and mixed bf16 (CachedModel(dtype=torch.bfloat16) of the fp32 model), eager and compiled
+    cases = [(dtype, both, False, False) for dtype in dtypes]
+    cases += [(torch.bfloat16, both, False, True)]
+    compiled_dtypes = dtypes if not dry_run else [torch.float32]
+    cases += [(dtype, {"fora2": both["fora2"]}, True, False) for dtype in compiled_dtypes]
+    cases += [(torch.bfloat16, {"fora2": both["fora2"]}, True, True)] if not dry_run else []
+    for dtype, schedules, compile, mixed in cases:
         rows += torch_case(
             big,
             device=device,
@@ -317,6 +342,7 @@ def part_torch(device: torch.device, dry_run: bool, notes: list[str]) -> list[di
             warmup=warmup,
             repeat=repeat,
             compile=compile,
+            mixed=mixed,
         )
     return rows
 
@@ -463,18 +489,19 @@ def markdown(report: dict[str, Any]) -> str:
             "## torch runtime (CachedModel), cached vs full compute through the same captured graphs",
             "",
             "| model | dtype | torch | schedule | CUR | steps | model batch | full ms/img | cached ms/img | measured | "
-            "theoretical | ratio | step parity max abs (bound) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "theoretical | ratio | step parity max abs (bound) | step vs fp32 eager |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             how = f"compiled ({r['compile_s']:.0f} s)" if r.get("compiled") else "eager"
             verdict = {None: " (not judged)", True: "", False: " **not ok**"}[r["parity_ok"]]
+            dtype = r["dtype"] + (" (dtype=, mixed)" if r.get("precision") == "mixed" else "")
             lines.append(
-                f"| {r['model']} | {r['dtype']} | {how} | {r['schedule']} | {r['cur']:.3f} | {r['steps']} | {r['model_batch']} "
+                f"| {r['model']} | {dtype} | {how} | {r['schedule']} | {r['cur']:.3f} | {r['steps']} | {r['model_batch']} "
                 f"| {r['full_ms_per_image']:.3f} | {r['cached_ms_per_image']:.3f} | {r['measured_speedup']:.2f}x "
                 f"| {r['theoretical_speedup']:.2f}x | {r['ratio']:.2f} | {r['parity_max_abs']:.1e} "
                 f"({'exact only' if r['parity_bound'] is None else format(r['parity_bound'], '.1e')})"
-                f"{verdict} |"
+                f"{verdict} | {r['vs_fp32_eager_max_abs']:.1e} |"
             )
     for part in ("ort", "tensorrt", "trtexec"):
         if report["results"].get(part):

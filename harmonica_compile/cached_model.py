@@ -76,7 +76,7 @@ class CachedModel(nn.Module):
             cacheable.specialize(schedule.mask[first[g]], sorted(refresh[g]), schedule.branches[first[g]])
             for g in range(len(first))
         ]
-        #: The dtype of the token matmuls (fp32 unless ``dtype=``; see :mod:`~harmonica_compile.passes.lower_precision`).
+        #: The dtype of the token matmuls: fp32 unless ``dtype=`` (see :mod:`..passes.lower_precision`).
         self.dtype = resolve_dtype(dtype)
         if self.dtype != torch.float32:
             lower = LowerPrecision(self.dtype, {})  # one table: every graph reads the same low-precision weights

@@ -163,3 +163,18 @@ def test_sample_compile_matches_eager_and_reports_the_compile(fora_dir, tmp_path
     assert np.abs(np.load(tmp_path / "full.npz")["images"] - eager["images"]).max() > 1e-2
     assert main([*base, "--compile", "--engine", str(fora_dir), "--out", str(tmp_path / "x.npz")]) == 2
     assert "--compile compiles the torch step graphs" in capsys.readouterr().err
+
+
+def test_sample_dtype_bf16_lowers_the_torch_graphs(fora_dir, tmp_path, capsys):
+    """``sample --dtype bf16`` runs the schedule's token matmuls in bf16: images close to fp32's
+    (a 4-step tiny DiT in [-1, 1]; bf16 rounds each operand by 2^-8 relative, so 0.1 only says the
+    lowered model is the same model) but not equal to them, which the test checks so that it can
+    fail; full compute works too, and an --engine refuses it."""
+    base = ["sample", "--model", "helpers:tiny_spec", "--num", "2", "--steps", "4", "--quiet"]
+    assert main([*base, "--schedule", str(fora_dir), "--out", str(tmp_path / "fp32.npz")]) == 0
+    assert main([*base, "--schedule", str(fora_dir), "--dtype", "bf16", "--out", str(tmp_path / "bf16.npz")]) == 0
+    fp32, bf16 = np.load(tmp_path / "fp32.npz")["images"], np.load(tmp_path / "bf16.npz")["images"]
+    assert 0 < np.abs(fp32 - bf16).max() <= 0.1
+    assert main([*base, "--dtype", "bf16", "--out", str(tmp_path / "full.npz")]) == 0
+    assert main([*base, "--dtype", "fp16", "--engine", str(fora_dir), "--out", str(tmp_path / "x.npz")]) == 2
+    assert "--dtype fp16 lowers the torch step graphs" in capsys.readouterr().err

@@ -38,11 +38,16 @@ def test_dry_run_runs_every_part_or_says_why_not(tmp_path):
     assert parts["tensorrt"].startswith("skipped: TensorRT needs a CUDA GPU")
     assert parts["trtexec"].startswith("skipped: ")
     rows = report["results"]["torch"]
-    cases = {(r["model"], r["dtype"], r["schedule"]) for r in rows}
-    assert cases == {("tiny-dit-digits", dtype, "fora2") for dtype in ("float32", "bfloat16")} | {
-        ("DiT-S/8@16", dtype, s) for dtype in ("float32", "bfloat16") for s in ("cur0.375", "fora2")
+    cases = {(r["model"], r["dtype"], r["precision"], r["schedule"]) for r in rows}
+    assert cases == {("tiny-dit-digits", dtype, "model", "fora2") for dtype in ("float32", "bfloat16")} | {
+        ("DiT-S/8@16", dtype, how, s)
+        for dtype, how in (("float32", "model"), ("bfloat16", "model"), ("bfloat16", "mixed"))
+        for s in ("cur0.375", "fora2")
     }
-    assert all(r["parity_ok"] for r in rows)
+    assert all(r["parity_ok"] for r in rows if r["precision"] == "model")
+    assert all(r["parity_ok"] is None for r in rows if r["precision"] == "mixed"), "mixed is reported, not judged"
+    fp32 = [r["vs_fp32_eager_max_abs"] for r in rows if r["dtype"] == "float32" and not r["compiled"]]
+    assert max(fp32) <= max(r["parity_bound"] for r in rows if r["parity_bound"] is not None)
     assert {r["cur"] for r in rows} == {0.375, 0.5}
     assert all(r["theoretical_speedup"] > 1 and r["measured_speedup"] > 0 for r in rows)
     (ort,) = report["results"]["ort"]

@@ -9,11 +9,11 @@ from typing import Any
 __all__ = [
     "COMPILE_HELP",
     "DEFAULT_MODEL",
+    "DTYPE_CHOICES",
+    "DTYPE_HELP",
     "PROVIDERS_HELP",
     "add_sampling_args",
     "add_threads_arg",
-    "DTYPE_CHOICES",
-    "DTYPE_HELP",
     "compile_and_report",
     "finite_float",
     "positive_int",

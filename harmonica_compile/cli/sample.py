@@ -39,7 +39,9 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output .npz with images (N x C x H x W in [-1, 1]) and labels")
     p.add_argument("--grid", default=None, help="also write a PNG grid of the samples")
     p.add_argument("--compile", action="store_true", help=COMPILE_HELP + " (torch only: not with --engine)")
-    p.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES, help=DTYPE_HELP + " (torch only: not with --engine)")
+    p.add_argument(
+        "--dtype", default="fp32", choices=DTYPE_CHOICES, help=DTYPE_HELP + " (torch only: not with --engine)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

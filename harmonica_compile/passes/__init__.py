@@ -7,7 +7,8 @@
       remove_guards, remove_assertions, remove_eval_dropout, hoist_symbolic_sizes,
       eliminate_dead_code (the clean-up), flatten_inputs_outputs, find_cache_sites (analysis)
     then, per use:
-      insert_cache_branches (training, reference), specialize (one graph per step mask)
+      insert_cache_branches (training, reference), specialize (one graph per step mask),
+      lower_precision (``dtype="bf16"``/``"fp16"`` only: token matmuls in that dtype)
 
 Each pass returns a :class:`PassResult` and is checked around its run (its ``requires``,
 ``Graph.lint()``, the invariants in ``README.md`` next to this file, its ``ensures``).
@@ -32,6 +33,7 @@ from .infra import (
     stamp,
 )
 from .insert_cache_branches import InsertCacheBranches
+from .lower_precision import LowerPrecision
 from .remove_assertions import RemoveAssertions
 from .remove_eval_dropout import RemoveEvalDropout
 from .remove_guards import RemoveGuards
@@ -51,6 +53,7 @@ __all__ = [
     "GraphPass",
     "HoistSymbolicSizes",
     "InsertCacheBranches",
+    "LowerPrecision",
     "PassManager",
     "PassResult",
     "RemoveAssertions",
@@ -83,8 +86,9 @@ PREPARE_PASSES: tuple[type[GraphPass], ...] = (
     FlattenInputsOutputs,
     FindCacheSites,
 )
-#: Passes run per use of a prepared model: routed graphs (training) and one graph per step mask.
-PER_USE_PASSES: tuple[type[GraphPass], ...] = (InsertCacheBranches, Specialize)
+#: Passes run per use of a prepared model: routed graphs (training), one graph per step mask, and
+#: (``dtype=`` only) that graph's token matmuls in bf16/fp16.
+PER_USE_PASSES: tuple[type[GraphPass], ...] = (InsertCacheBranches, Specialize, LowerPrecision)
 
 
 def describe_pipeline() -> str:

@@ -238,9 +238,7 @@ def _warning(real: float, theoretical: float, noise: float, repeat: int) -> str 
     )
 
 
-def _providers_used(
-    runtime: str, runner: Any, compiled: bool = False, dtype: torch.dtype = torch.float32
-) -> list[str]:
+def _providers_used(runtime: str, runner: Any, compiled: bool = False, dtype: torch.dtype = torch.float32) -> list[str]:
     """What really ran: the providers ONNX Runtime's sessions report, TensorRT's version, or torch."""
     if runtime == "torch":
         low = f", {str(dtype).removeprefix('torch.')} matmuls" if dtype != torch.float32 else ""

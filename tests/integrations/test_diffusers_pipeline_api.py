@@ -222,3 +222,18 @@ def test_accelerate_with_compile_runs_compiled_graphs(dit):
     assert len(report) == cached.num_graphs and not any(r["fell_back"] for r in report)
     assert np.abs(compiled - eager).max() <= 1e-3
     assert np.abs(plain - eager).max() > 1e-3
+
+
+def test_accelerate_with_dtype_lowers_each_capture(dit):
+    """``accelerate(pipe, schedule, dtype="bf16")``: every capture's graphs compute their token
+    matmuls in bf16 (the per-op bounds are test_lower_precision's); the images differ from the fp32
+    schedule's (so the option did something) and stay finite."""
+    pipe, _, caching = dit
+    with accelerate(pipe, caching):
+        fp32 = _run_dit(pipe, [1, 2])
+    with accelerate(pipe, caching, dtype="bf16"):
+        bf16 = _run_dit(pipe, [1, 2])
+        (cached,) = pipe.transformer._harmonica_acceleration._captures.values()
+    assert cached.dtype == torch.bfloat16
+    assert all(gm.meta.get("harmonica_compute_dtype") == "bfloat16" for gm in cached.graphs)
+    assert np.isfinite(bf16).all() and np.abs(bf16 - fp32).max() > 0

@@ -62,15 +62,17 @@ class _Record(fx.Interpreter):
 
 
 def _is_lowered_op(node):
-    return node.op == "call_function" and node.meta.get(PROVENANCE, {}).get("pass") == "lower_precision" and (
-        node.target in LOWERED
+    return (
+        node.op == "call_function"
+        and node.meta.get(PROVENANCE, {}).get("pass") == "lower_precision"
+        and (node.target in LOWERED)
     )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("which", ["reference-dit", "diffusers-dit"])
 def test_token_matmuls_run_low_the_rest_fp32(which, dtype):
-    cm, result, flat = _lowered(which, dtype)
+    _, result, flat = _lowered(which, dtype)
     gm = result.graph_module
     assert gm.meta[COMPUTE_DTYPE] == str(dtype).removeprefix("torch.")
     rec = _Record(gm)
@@ -78,7 +80,7 @@ def test_token_matmuls_run_low_the_rest_fp32(which, dtype):
         outs = rec.run(*flat)
     assert all(o.dtype == torch.float32 for o in outs), "graph outputs and caches stay fp32"
     lowered = kept_linear = 0
-    for node, value in rec.values.items():
+    for node in rec.values:
         if node.op != "call_function":
             continue
         operands = [rec.values[a] for a in node.args if isinstance(a, fx.Node)]
@@ -142,7 +144,7 @@ def _bound(node, rec, gm, dtype):
 @pytest.mark.parametrize("which", ["reference-dit", "diffusers-dit"])
 def test_each_lowered_op_is_within_its_rounding_bound(which, dtype):
     """Every lowered op against float64 on its rounded fp32 sources (bound in ``_bound``)."""
-    cm, result, flat = _lowered(which, dtype)
+    _, result, flat = _lowered(which, dtype)
     gm = result.graph_module
     rec = _Record(gm)
     with torch.no_grad():
@@ -166,9 +168,7 @@ def test_weights_are_lowered_once_and_shared():
     lowered = [LowerPrecision(torch.bfloat16, table)(g).graph_module for g in graphs]
     reads = {n.meta[LOWERED_FROM] for n in lowered[0].graph.nodes if LOWERED_FROM in n.meta}
     assert len(table) == len(reads), "the second graph (a subset of the first) made no copy of its own"
-    shared = [
-        {n: p.data_ptr() for n, p in gm.named_parameters() if n.endswith("__bfloat16")} for gm in lowered
-    ]
+    shared = [{n: p.data_ptr() for n, p in gm.named_parameters() if n.endswith("__bfloat16")} for gm in lowered]
     common = set(shared[0]) & set(shared[1])
     assert common and all(shared[0][n] == shared[1][n] for n in common), "one copy per weight, for every graph"
     assert all(low.dtype == torch.bfloat16 and not low.requires_grad for _, low in table.values())
@@ -208,7 +208,7 @@ def test_bad_dtype_and_fp32_are_refused():
 
 def test_postcondition_catches_a_low_value_escaping():
     """A lowered op whose bf16 result reaches anything but its cast back fails the pass's check."""
-    cm, result, _ = _lowered("reference-dit", torch.bfloat16)
+    _, result, _ = _lowered("reference-dit", torch.bfloat16)
     gm = result.graph_module
     op = next(n for n in gm.graph.nodes if _is_lowered_op(n))
     with gm.graph.inserting_after(op):

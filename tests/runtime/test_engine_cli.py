@@ -225,3 +225,16 @@ def test_bench_compile_reports_compile_seconds_apart(folders, capsys):
     assert "compile (not timed above)" in capsys.readouterr().out
     assert main(["bench", str(eng), "--runtime", "ort", "--compile"]) == 2
     assert "has its own" in capsys.readouterr().err
+
+
+def test_bench_dtype_runs_both_torch_sides_lowered(folders):
+    """``bench --runtime torch --dtype bf16``: the result names the dtype; other runtimes refuse."""
+    eng = folders / "eng"
+    if not eng.exists():
+        main(["export", str(folders / "sched"), *MODEL, "--out", str(eng)])
+    out = folders / "bench-bf16.json"
+    argv = ["bench", str(eng), "--runtime", "torch", "--dtype", "bf16", "--images", "1", "--repeat", "1", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["dtype"] == "bfloat16" and "bfloat16 matmuls" in result["providers"][0]
+    assert main(["bench", str(eng), "--runtime", "ort", "--dtype", "bf16"]) == 2
