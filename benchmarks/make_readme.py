@@ -101,6 +101,14 @@ def section() -> str:
             "### Caching every MLP site (torch eager, compiled, ONNX Runtime)\n\n`python benchmarks/bench_mlp_cache.py`\n\n"
             + mlp
         )
+    dtype = _md("dtype")
+    if dtype:
+        parts.append(
+            "### `dtype=`: bf16/fp16 token matmuls against fp32 (images)\n\n`python benchmarks/bench_dtype.py`: "
+            "the image difference is measured, not bounded (each lowered op's own rounding bound is a test); "
+            "the CPU timings show the cost on a CPU without bf16 units, the GPU check times it where it pays.\n\n"
+            + dtype
+        )
     scaling = _md("scaling")
     if scaling:
         parts.append(
