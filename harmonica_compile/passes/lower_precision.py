@@ -35,6 +35,7 @@ output linear lowered; the timestep MLP, the block's and the final layer's adaLN
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -122,7 +123,7 @@ class LowerPrecision(GraphPass):
         """A ``get_attr`` of the shared ``dtype`` copy of the weight ``node`` reads."""
         if node.op != "get_attr":  # a computed weight: cast it in the graph
             return self._made(self._graph.call_function(aten.to.dtype, (node, self.dtype)), site)
-        tensor = getattr_path(gm, str(node.target))
+        tensor = attrgetter(str(node.target))(gm)
         key = (id(tensor), self.dtype)
         if key not in self.weights:
             self.weights[key] = (tensor, nn.Parameter(tensor.detach().to(self.dtype), requires_grad=False))
@@ -147,12 +148,9 @@ class LowerPrecision(GraphPass):
             with graph.inserting_before(node):
                 args = list(node.args)
                 for i, arg in enumerate(args):
-                    value = _val(arg)
-                    if value is None or not value.is_floating_point():
-                        continue
-                    if node.target in _WEIGHTED and i in (1, 2):
+                    if node.target in _WEIGHTED and i in (1, 2) and isinstance(arg, fx.Node):
                         args[i] = self._low_weight(gm, arg, site)
-                    else:
+                    elif (value := _val(arg)) is not None and value.is_floating_point():
                         args[i] = self._made(graph.call_function(aten.to.dtype, (arg, self.dtype)), site)
                 low = self._made(graph.call_function(node.target, tuple(args), dict(node.kwargs)), site)
                 back = self._made(graph.call_function(aten.to.dtype, (low, torch.float32)), site)
@@ -180,10 +178,3 @@ class LowerPrecision(GraphPass):
                         f"{self.name}: the {self.dtype} result of '{node.name}' reaches {[u.name for u in users]} "
                         "instead of one cast back to fp32"
                     )
-
-
-def getattr_path(module: nn.Module, target: str) -> torch.Tensor:
-    value: Any = module
-    for part in target.split("."):
-        value = getattr(value, part)
-    return value

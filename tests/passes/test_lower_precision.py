@@ -12,6 +12,7 @@ shared by every graph lowered with the same table.
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from torch import fx
 import harmonica_compile as hc
 from harmonica_compile.errors import ConfigError, PassError
 from harmonica_compile.names import COMPUTE_DTYPE, LOWERED_FROM, PROVENANCE
-from harmonica_compile.passes.lower_precision import LowerPrecision, getattr_path, resolve_dtype
+from harmonica_compile.passes.lower_precision import LowerPrecision, resolve_dtype
 
 aten = torch.ops.aten
 LOWERED = {aten.linear.default, aten.conv2d.default, aten.scaled_dot_product_attention.default}
@@ -111,7 +112,7 @@ def _bound(node, rec, gm, dtype):
     def source(arg):
         """What the lowered op should read for ``arg``: the fp32 value or weight it replaced, rounded."""
         if arg.op == "get_attr":
-            return getattr_path(gm, arg.meta[LOWERED_FROM]).to(dtype).double()
+            return attrgetter(arg.meta[LOWERED_FROM])(gm).to(dtype).double()
         assert arg.target is aten.to.dtype and arg.args[1] == dtype, f"{node.name} reads {arg.name} uncast"
         fp32 = rec.values[arg.args[0]]
         assert fp32.dtype == torch.float32
